@@ -1,0 +1,143 @@
+"""One model, many languages: extract states, compare with the pivot on the device, write the lake.
+
+LanguageWorker knows nothing of Ray; execution.py wraps it in an actor. The same worker runs in a unit test.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from neuronxa_ray.extraction import METHODS, LanguageStates, StateExtractor, cosine_matrices
+from neuronxa_ray.lake import Lake, neuron_counts_table, similarity_table, states_table
+from neuronxa_ray.models import ModelSpec, load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LanguageTask:
+    model_name: str
+    checkpoint: str
+    pivot: str
+    lang: str
+    sentence_ids: list[str]
+    texts: list[str]
+    fingerprint: str
+
+    @property
+    def is_pivot(self) -> bool:
+        return self.lang == self.pivot
+
+
+@dataclass
+class LanguageResult:
+    lang: str
+    n_sentences: int
+    n_tokens: int
+    extract_s: float
+    write_s: float
+    n_layers: int
+    d_ff: int
+    d_model: int
+    files: list[str] = field(default_factory=list)
+
+
+PivotStates = dict[str, np.ndarray]  # method -> [n, layers, dim] float32
+
+
+@dataclass
+class WorkerSettings:
+    lake: str
+    batch_size: int = 16
+    max_length: int | None = 512
+    state_dtype: str = "float32"
+    store_states: bool = True
+
+
+class LanguageWorker:
+    def __init__(self, spec: ModelSpec, settings: WorkerSettings) -> None:
+        t0 = time.perf_counter()
+        self.lm = load_model(spec)
+        self.load_s = time.perf_counter() - t0
+        self.settings = settings
+        self.lake = Lake(settings.lake)
+        self.extractor = StateExtractor(self.lm, settings.batch_size, settings.max_length)
+        self._pivot_id: int | None = None
+        self._pivot: dict[str, torch.Tensor] = {}
+
+    def describe(self) -> dict:
+        return {
+            "device": str(self.lm.device),
+            "dtype": str(self.lm.dtype).removeprefix("torch."),
+            "model_type": self.lm.model_type,
+            "n_layers": len(self.lm.blocks),
+            "load_s": self.load_s,
+        }
+
+    def _use_pivot(self, pivot: PivotStates) -> None:
+        """Keep the pivot's states on the device; the same object is reused across languages."""
+        if self._pivot_id != id(pivot):
+            self._pivot = {m: torch.from_numpy(np.array(a)).to(self.lm.device) for m, a in pivot.items()}
+            self._pivot_id = id(pivot)
+
+    def process(self, task: LanguageTask, pivot: PivotStates | None = None) -> tuple[LanguageResult, PivotStates | None]:
+        """Extract one language and write its tables. Returns the states too when it is the pivot."""
+        t0 = time.perf_counter()
+        states = self.extractor.extract(task.texts)
+        matrices: dict[str, np.ndarray] = {}
+        if not task.is_pivot:
+            if pivot is None:
+                raise ValueError(f"language {task.lang!r} needs the pivot {task.pivot!r} states")
+            self._use_pivot(pivot)
+            for method in METHODS:
+                p = self._pivot[method]
+                if p.shape[0] != len(task.texts):
+                    raise ValueError(f"pivot has {p.shape[0]} sentences, {task.lang!r} has {len(task.texts)}")
+                matrices[method] = cosine_matrices(p, states.state(method)).cpu().numpy()
+        host = {m: states.state(m).float().cpu().numpy() for m in METHODS}
+        if self.lm.device.type == "cuda":
+            torch.cuda.synchronize()
+        extract_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        files = self._write(task, states, host, matrices)
+        write_s = time.perf_counter() - t1
+        result = LanguageResult(
+            lang=task.lang,
+            n_sentences=len(task.texts),
+            n_tokens=states.n_tokens,
+            extract_s=extract_s,
+            write_s=write_s,
+            n_layers=host["nas"].shape[1],
+            d_ff=host["nas"].shape[2],
+            d_model=host["hidden"].shape[2],
+            files=[str(f) for f in files],
+        )
+        return result, (host if task.is_pivot else None)
+
+    def _write(self, task: LanguageTask, states: LanguageStates, host: dict, matrices: dict) -> list:
+        lake, key = self.lake, (task.model_name, task.checkpoint)
+        files = []
+        if self.settings.store_states:
+            table = states_table(*key, task.lang, task.sentence_ids, states.token_counts, host, self.settings.state_dtype)
+            files.append(
+                lake.write(
+                    "sentence_states",
+                    table,
+                    lake.language_file("sentence_states", *key, task.lang),
+                    state_dtype=self.settings.state_dtype,
+                )
+            )
+        counts = neuron_counts_table(
+            *key, task.lang, states.n_active.cpu().numpy(), states.abs_sum.cpu().numpy(), states.n_tokens
+        )
+        files.append(lake.write("neuron_counts", counts, lake.language_file("neuron_counts", *key, task.lang)))
+        if matrices:
+            sim = similarity_table(*key, task.pivot, task.lang, matrices)
+            files.append(lake.write("similarity", sim, lake.language_file("similarity", *key, task.lang, task.pivot)))
+        lake.mark_done(*key, task.pivot, task.lang, task.fingerprint, {"n_sentences": len(task.texts)})
+        return files

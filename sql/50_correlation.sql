@@ -1,0 +1,34 @@
+-- Correlation of alignment with downstream results across languages (the paper's headline check).
+-- Answers: "does this alignment score predict benchmark performance per language?" Benchmarks come from
+-- `neuronxa-ray import-benchmarks` (rows of benchmark, lang, value; model/checkpoint NULL = any).
+-- Spearman is Pearson on average ranks (ties share their mean rank), as scipy.stats.spearmanr.
+
+CREATE OR REPLACE VIEW correlation AS
+WITH pairs AS (
+    SELECT s.model, s.checkpoint, s.method, s.pivot, b.benchmark, s.lang, s.score_mean AS score, b.value
+    FROM alignment_summary AS s
+    JOIN benchmarks AS b
+      ON b.lang = s.lang
+     AND (b.model IS NULL OR b.model = s.model)
+     AND (b.checkpoint IS NULL OR b.checkpoint = s.checkpoint)
+),
+ranked AS (
+    SELECT
+        *,
+        (rank() OVER (PARTITION BY model, checkpoint, method, "pivot", benchmark ORDER BY score)
+         + count(*) OVER (PARTITION BY model, checkpoint, method, "pivot", benchmark)
+         - rank() OVER (PARTITION BY model, checkpoint, method, "pivot", benchmark ORDER BY score DESC) + 1) / 2.0
+            AS score_rank,
+        (rank() OVER (PARTITION BY model, checkpoint, method, "pivot", benchmark ORDER BY value)
+         + count(*) OVER (PARTITION BY model, checkpoint, method, "pivot", benchmark)
+         - rank() OVER (PARTITION BY model, checkpoint, method, "pivot", benchmark ORDER BY value DESC) + 1) / 2.0
+            AS value_rank
+    FROM pairs
+)
+SELECT
+    model, checkpoint, method, "pivot", benchmark,
+    CAST(count(*) AS INTEGER) AS n_languages,
+    corr(score, value) AS pearson,
+    corr(score_rank, value_rank) AS spearman
+FROM ranked
+GROUP BY ALL;
