@@ -100,6 +100,10 @@ class LanguageWorker:
                     raise ValueError(f"pivot has {p.shape[0]} sentences, {task.lang!r} has {len(task.texts)}")
                 matrices[method] = cosine_matrices(p, states.state(method)).cpu().numpy()
         host = {m: states.state(m).float().cpu().numpy() for m in METHODS}
+        for method, arr in host.items():
+            bad = int(np.isnan(arr).any(axis=-1).sum())
+            if bad:  # such a state never hits; say so rather than let a score drop silently
+                log.warning("%s: %d %s states hold NaN (the model produced NaN activations)", task.lang, bad, method)
         if self.lm.device.type == "cuda":
             torch.cuda.synchronize()
         extract_s = time.perf_counter() - t0
