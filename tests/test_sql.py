@@ -1,0 +1,268 @@
+"""Every SQL view against numpy on small fixtures, with planted ties, zero states and NaN."""
+
+import datetime as dt
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from reference import average_ranks, cosine_matrix, mutual_nn_score, retrieval_accuracy
+
+from neuronxa_ray.extraction import cosine_matrices
+from neuronxa_ray.lake import Lake, neuron_counts_table, similarity_table, states_table
+from neuronxa_ray.sql import connect
+
+MODEL, CKPT = "org/tiny-model", "main"
+LANGS = ["deu", "eng", "fra"]
+N, LAYERS, DIM = 7, 3, 5
+
+
+def _states(rng):
+    """method -> lang -> [N, LAYERS, DIM]; related languages share a base plus noise; some planted cases."""
+    out = {}
+    for method, dim in (("nas", DIM), ("hidden", DIM + 2)):
+        base = rng.normal(size=(N, LAYERS, dim))
+        per = {lang: base + rng.normal(scale=s, size=base.shape) for lang, s in zip(LANGS, (0.6, 0.0, 0.9))}
+        per["fra"][2, 1] = 0.0  # a zero state: never hits, never wins
+        per["deu"][4] = per["deu"][5]  # two identical sentences: ties in their columns
+        out[method] = per
+    return out
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    rng = np.random.default_rng(7)
+    root = tmp_path_factory.mktemp("lake")
+    lk = Lake(root)
+    states = _states(rng)
+    ids = [f"u{i}" for i in range(N)]
+    for lang in LANGS:
+        host = {m: states[m][lang].astype(np.float32) for m in states}
+        lk.write("sentence_states", states_table(MODEL, CKPT, lang, ids, [5] * N, host),
+                 lk.language_file("sentence_states", MODEL, CKPT, lang))  # fmt: skip
+        if lang != "eng":
+            mats = {m: cosine_matrices(torch.from_numpy(host_eng), torch.from_numpy(host[m])).numpy()
+                    for m, host_eng in ((m, states[m]["eng"].astype(np.float32)) for m in states)}  # fmt: skip
+            if lang == "deu":  # a planted exact tie on a diagonal, and a NaN rival that must not win
+                mats["nas"][0, 3, 1] = mats["nas"][0, 3, 3]
+                mats["nas"][1, 2, 0] = np.nan
+            lk.write("similarity", similarity_table(MODEL, CKPT, "eng", lang, mats),
+                     lk.language_file("similarity", MODEL, CKPT, lang, "eng"))  # fmt: skip
+    counts = {}
+    for lang in LANGS:
+        n_tokens = int(rng.integers(50, 100))
+        active = rng.integers(0, n_tokens + 1, size=(LAYERS, DIM)).astype(float)
+        active[0, 0] = 0 if lang != "eng" else n_tokens  # a neuron that fires for English only
+        abs_sum = rng.uniform(0, 3, size=(LAYERS, DIM)) * n_tokens
+        counts[lang] = (active, abs_sum, n_tokens)
+        lk.write("neuron_counts", neuron_counts_table(MODEL, CKPT, lang, active, abs_sum, n_tokens),
+                 lk.language_file("neuron_counts", MODEL, CKPT, lang))  # fmt: skip
+    yield {"root": root, "states": states, "counts": counts, "con": connect(root)}
+
+
+def _matrices_from_lake(con, method, lang, layer):
+    rows = con.execute(
+        """SELECT pivot_sentence, cosine FROM similarity WHERE method = ? AND lang = ? AND layer = ?
+           ORDER BY pivot_sentence""",
+        [method, lang, layer],
+    ).fetchall()
+    return np.array([r[1] for r in rows], dtype=float)
+
+
+def test_similarity_round_trips_and_cells_view_unnests_it(lake):
+    con = lake["con"]
+    C = _matrices_from_lake(con, "hidden", "fra", 1)
+    assert C.shape == (N, N)
+    cells = con.execute(
+        "SELECT i, j, cosine FROM similarity_cells WHERE method='hidden' AND lang='fra' AND layer=1"
+    ).fetchall()
+    assert len(cells) == N * N
+    for i, j, c in cells:
+        assert (c is None and math.isnan(C[i, j])) or c == C[i, j]
+
+
+def test_alignment_and_retrieval_views_match_numpy(lake):
+    con = lake["con"]
+    got = {(m, lg, layer): s for m, lg, layer, s in con.execute("SELECT method, lang, layer, score FROM alignment").fetchall()}
+    ret = {
+        (m, lg, layer, d): a
+        for m, lg, layer, d, a in con.execute("SELECT method, lang, layer, direction, accuracy FROM retrieval").fetchall()
+    }
+    assert len(got) == 2 * 2 * LAYERS
+    for (method, lang, layer), score in got.items():
+        C = _matrices_from_lake(con, method, lang, layer)
+        assert score == pytest.approx(mutual_nn_score(C), abs=1e-12), (method, lang, layer)
+        for d in ("pivot_to_lang", "lang_to_pivot"):
+            assert ret[(method, lang, layer, d)] == pytest.approx(retrieval_accuracy(C, d), abs=1e-12)
+    # the planted tie is a miss; the planted NaN rival is ignored, not a win
+    tie = con.execute(
+        "SELECT diagonal, row_rival, row_hit FROM mutual_nn WHERE method='nas' AND lang='deu' AND layer=0 AND sentence=3"
+    ).fetchone()
+    assert tie[0] == tie[1] and tie[2] is False
+    C = _matrices_from_lake(con, "nas", "deu", 1)
+    rival = con.execute(
+        "SELECT row_rival FROM mutual_nn WHERE method='nas' AND lang='deu' AND layer=1 AND sentence=2"
+    ).fetchone()[0]
+    assert math.isnan(C[2, 0]) and rival == np.nanmax(np.delete(C[2], 2))
+    n_sent = con.execute("SELECT DISTINCT n_sentences FROM alignment").fetchall()
+    assert n_sent == [(N,)]
+
+
+def test_alignment_from_stored_states_agrees_with_device_matrices(lake):
+    con = lake["con"]
+    q = """SELECT a.method, a.lang, a.layer, a.score, s.score FROM alignment a
+           JOIN alignment_from_states s USING (model, checkpoint, method, "pivot", lang, layer)"""
+    rows = con.execute(q).fetchall()
+    assert len(rows) == 2 * 2 * LAYERS
+    for method, lang, layer, device_score, sql_score in rows:
+        if (method, lang, layer) in (("nas", "deu", 0), ("nas", "deu", 1)):
+            continue  # planted edits exist only in the stored matrices
+        assert sql_score == pytest.approx(device_score, abs=1e-12), (method, lang, layer)
+
+
+def test_any_pivot_from_states_matches_reference(lake):
+    con = lake["con"]
+    states = lake["states"]
+    rows = con.execute(
+        """SELECT method, layer, score FROM alignment_from_states WHERE "pivot" = 'fra' AND lang = 'deu'"""
+    ).fetchall()
+    assert len(rows) == 2 * LAYERS
+    for method, layer, score in rows:
+        P = states[method]["fra"][:, layer].astype(np.float32).astype(float)
+        X = states[method]["deu"][:, layer].astype(np.float32).astype(float)
+        assert score == pytest.approx(mutual_nn_score(cosine_matrix(P, X)), abs=1e-12)
+
+
+def test_alignment_summary_is_layer_mean_max_and_first_best_layer(lake):
+    con = lake["con"]
+    per_layer = con.execute("SELECT method, lang, layer, score FROM alignment").fetchall()
+    summary = con.execute("SELECT method, lang, score_mean, score_max, best_layer, n_layers FROM alignment_summary").fetchall()
+    assert len(summary) == 4
+    for method, lang, mean, mx, best, n_layers in summary:
+        scores = [s for m, lg, layer, s in sorted(per_layer, key=lambda r: r[2]) if (m, lg) == (method, lang)]
+        assert mean == pytest.approx(np.mean(scores))
+        assert mx == max(scores)
+        assert best == scores.index(max(scores))
+        assert n_layers == LAYERS
+
+
+def test_neuron_views_match_numpy(lake):
+    con = lake["con"]
+    counts = lake["counts"]
+    prob = {lang: counts[lang][0] / counts[lang][2] for lang in LANGS}
+    rows = con.execute("SELECT lang, layer, neuron, activation_prob, mean_abs_activation FROM neuron_activation").fetchall()
+    assert len(rows) == len(LANGS) * LAYERS * DIM
+    for lang, layer, neuron, p, mean_abs in rows:
+        assert p == pytest.approx(prob[lang][layer, neuron])
+        assert mean_abs == pytest.approx(counts[lang][1][layer, neuron] / counts[lang][2])
+    ent = {(layer, n): (e, top) for layer, n, e, top in con.execute("SELECT layer, neuron, entropy, top_lang FROM neuron_entropy").fetchall()}
+    for layer in range(LAYERS):
+        for n in range(DIM):
+            ps = np.array([prob[lang][layer, n] for lang in LANGS])
+            share = ps / ps.sum() if ps.sum() > 0 else ps
+            expected = -sum(s * math.log(s) for s in share if s > 0)
+            assert ent[(layer, n)][0] == pytest.approx(expected, abs=1e-12)
+    assert ent[(0, 0)] == (pytest.approx(0.0), "eng")  # fires for English only
+    # LAPE selection, recomputed in numpy
+    all_p = np.concatenate([prob[lang].ravel() for lang in LANGS])
+    bar = np.quantile(all_p, 0.95)
+    cand = [(e, layer, n) for (layer, n), (e, _) in ent.items()
+            if max(prob[lang][layer, n] for lang in LANGS) > bar]  # fmt: skip
+    ranks = scipy.stats.rankdata([c[0] for c in cand], method="min")
+    chosen = {(layer, n) for (e, layer, n), r in zip(cand, ranks) if (r - 1) / max(len(cand) - 1, 1) <= 0.01}
+    expected = {(layer, n, lang) for layer, n in chosen for lang in LANGS if prob[lang][layer, n] > bar}
+    got = {tuple(r) for r in con.execute("SELECT layer, neuron, lang FROM language_specific_neurons").fetchall()}
+    assert got == expected and (0, 0, "eng") in got
+
+
+def test_correlation_view_matches_scipy(lake, tmp_path):
+    import shutil
+
+    from neuronxa_ray.cli import main
+
+    root = tmp_path / "lake"
+    shutil.copytree(lake["root"], root)
+    csv = tmp_path / "bench.csv"
+    values = {"deu": 40.0, "fra": 61.5}
+    rows = "".join(f"xnli,{k},{v}\n" for k, v in values.items()) + "xnli,swh,10\n"  # swh: no score, ignored
+    csv.write_text("benchmark,lang,value\n" + rows)
+    assert main(["import-benchmarks", str(csv), "--lake", str(root)]) == 0
+    con = connect(root)
+    summary = con.execute("SELECT method, lang, score_mean FROM alignment_summary").fetchall()
+    got = con.execute("SELECT method, n_languages, pearson, spearman FROM correlation WHERE benchmark = 'xnli'").fetchall()
+    assert {r[0] for r in got} == {"nas", "hidden"}
+    for method, n, pearson, spearman in got:
+        scores = {lg: sc for m, lg, sc in summary if m == method}
+        x = [scores[lg] for lg in values]
+        y = list(values.values())
+        assert n == 2
+        assert pearson == pytest.approx(scipy.stats.pearsonr(x, y).statistic, abs=1e-12, nan_ok=True)
+        assert spearman == pytest.approx(scipy.stats.spearmanr(x, y).statistic, abs=1e-12, nan_ok=True)
+
+
+def test_spearman_sql_matches_scipy_with_ties(tmp_path):
+    """The rank formula of the correlation view on a larger synthetic set, against scipy."""
+    import duckdb
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 5, size=30).astype(float)
+    y = x + rng.normal(size=30)
+    y[:5] = y[5]  # ties on both sides
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT * FROM (SELECT unnest(?) AS x, unnest(?) AS y)", [x.tolist(), y.tolist()])
+    ranks = con.execute(
+        """SELECT x, y,
+             (rank() OVER (ORDER BY x) + count(*) OVER () - rank() OVER (ORDER BY x DESC) + 1) / 2.0,
+             (rank() OVER (ORDER BY y) + count(*) OVER () - rank() OVER (ORDER BY y DESC) + 1) / 2.0 FROM t"""
+    ).fetchall()
+    xs = [r[0] for r in ranks]
+    assert [r[2] for r in ranks] == average_ranks(xs)
+    rho = con.execute(
+        """SELECT corr(rx, ry) FROM (SELECT
+             (rank() OVER (ORDER BY x) + count(*) OVER () - rank() OVER (ORDER BY x DESC) + 1) / 2.0 AS rx,
+             (rank() OVER (ORDER BY y) + count(*) OVER () - rank() OVER (ORDER BY y DESC) + 1) / 2.0 AS ry FROM t)"""
+    ).fetchone()[0]
+    assert rho == pytest.approx(scipy.stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+def test_runs_latest_and_training_curve(lake, tmp_path):
+    import shutil
+
+    root = tmp_path / "lake"
+    shutil.copytree(lake["root"], root)
+    lk = Lake(root)
+    from neuronxa_ray.lake import SCHEMAS
+
+    def run_row(ckpt, step, finished):
+        row = {f.name: None for f in SCHEMAS["runs"]}
+        row.update(run_id=f"r-{ckpt}-{finished}", model=MODEL, checkpoint=ckpt, step=step, pivot="eng",
+                   languages=LANGS, n_languages=3, n_languages_computed=3, n_sentences=N, hook_site="act",
+                   started_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+                   finished_at=dt.datetime(2026, 1, 1, 0, finished, tzinfo=dt.timezone.utc), wall_s=1.0,
+                   code_version="t", schema_version="1", config_json="{}")  # fmt: skip
+        return row
+
+    for ckpt, step, minute in (("main", 100, 1), ("main", 200, 5)):
+        row = run_row(ckpt, step, minute)
+        lk.write("runs", {k: [v] for k, v in row.items()}, root / "runs" / f"{row['run_id']}.parquet")
+    con = connect(root)
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 2
+    assert con.execute("SELECT step FROM latest_runs").fetchall() == [(200,)]
+    curve = con.execute(
+        "SELECT method, lang, step, score_mean FROM training_curve ORDER BY method, lang"
+    ).fetchall()
+    summary = dict(((m, lg), s) for m, lg, s in con.execute("SELECT method, lang, score_mean FROM alignment_summary").fetchall())
+    for method, lang, step, score in curve:
+        assert step == 200
+        if lang == "*":
+            assert score == pytest.approx(np.mean([v for (m, _), v in summary.items() if m == method]))
+        else:
+            assert score == pytest.approx(summary[(method, lang)])
+
+
+def test_views_bind_on_an_empty_lake(tmp_path):
+    con = connect(tmp_path)
+    for view in ("alignment", "retrieval", "alignment_summary", "runs", "correlation", "training_curve",
+                 "neuron_entropy", "language_specific_neurons", "alignment_from_states"):  # fmt: skip
+        assert con.execute(f"SELECT count(*) FROM {view}").fetchone()[0] == 0
