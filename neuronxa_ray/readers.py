@@ -81,9 +81,11 @@ def read_directory(path: str | Path, ext: str = ".txt") -> ParallelCorpus:
     sentences = {p.name[: -len(ext)]: _read_lines(p) for p in files}
     lengths = {lang: len(lines) for lang, lines in sentences.items()}
     if len(set(lengths.values())) > 1:
-        common = max(set(lengths.values()), key=list(lengths.values()).count)
-        odd = {f"{lang}{ext}": n for lang, n in lengths.items() if n != common}
-        raise ValueError(f"{root}: files have different line counts: most have {common}, but {odd}")
+        counts = list(lengths.values())
+        common = max(set(counts), key=counts.count)
+        shown = {f"{lang}{ext}": n for lang, n in lengths.items() if n != common or counts.count(common) == 1}
+        raise ValueError(f"{root}: files have different line counts (line i must be parallel): {shown}"
+                         + (f", the other {len(lengths) - len(shown)} have {common}" if len(shown) < len(lengths) else ""))
     n = next(iter(lengths.values()))
     return ParallelCorpus([str(i) for i in range(n)], sentences, str(root))
 
