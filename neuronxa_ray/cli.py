@@ -110,8 +110,9 @@ def _where(**filters) -> tuple[str, list]:
     return (" WHERE " + " AND ".join(parts)) if parts else "", params
 
 
-def print_scores(con, model=None, checkpoint=None, pivot=None, per_layer=False, out=sys.stdout) -> None:
+def print_scores(con, model=None, checkpoint=None, pivot=None, per_layer=False, out=None) -> None:
     """Language x method table (layer-mean scores), one block per model/checkpoint/pivot."""
+    out = out or sys.stdout
     where, params = _where(model=model, checkpoint=checkpoint, pivot=pivot)
     view = "alignment" if per_layer else "alignment_summary"
     value = "score" if per_layer else "score_mean"
@@ -129,7 +130,10 @@ def print_scores(con, model=None, checkpoint=None, pivot=None, per_layer=False, 
     for (m, c, p), cells in sorted(blocks.items()):
         methods = [x for x in METHOD_ORDER if any(x in v for v in cells.values())]
         head = ["lang", *(["layer"] if per_layer else []), *(METHOD_LABELS[x] for x in methods)]
-        print(f"\n{m} @ {c}, pivot {p}: {'per-layer' if per_layer else 'mean over layers'} alignment score", file=out)
+        print(
+            f"\n{m} @ {c}, pivot {p}: {'per-layer' if per_layer else 'mean over layers'} alignment score",
+            file=out,
+        )
         lines = [head]
         for cell in sorted(cells):
             lines.append([*map(str, cell), *(f"{cells[cell].get(x, float('nan')):.3f}" for x in methods)])

@@ -152,18 +152,38 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
     langs = [job.pivot] + [lang for lang in corpus.languages if lang != job.pivot]
     tasks = {
         lang: LanguageTask(
-            model_name, checkpoint.name, job.pivot, lang, corpus.ids, corpus.sentences[lang],
+            model_name,
+            checkpoint.name,
+            job.pivot,
+            lang,
+            corpus.ids,
+            corpus.sentences[lang],
             _lang_fingerprint(base, corpus.sentences[lang]),
         )
         for lang in langs
-    }  # fmt: skip
-    todo = [lang for lang in langs if not lake.is_done(model_name, checkpoint.name, job.pivot, lang, tasks[lang].fingerprint)]
+    }
+    todo = [
+        lang
+        for lang in langs
+        if not lake.is_done(model_name, checkpoint.name, job.pivot, lang, tasks[lang].fingerprint)
+    ]
     if not todo:
-        log.info("%s @ %s: all %d languages already in the lake; nothing to do", model_name, checkpoint.name, len(langs))
+        log.info(
+            "%s @ %s: all %d languages already in the lake; nothing to do",
+            model_name,
+            checkpoint.name,
+            len(langs),
+        )
         return None
     skipped = len(langs) - len(todo)
     if skipped:
-        log.info("%s @ %s: %d languages already complete, %d to go", model_name, checkpoint.name, skipped, len(todo))
+        log.info(
+            "%s @ %s: %d languages already complete, %d to go",
+            model_name,
+            checkpoint.name,
+            skipped,
+            len(todo),
+        )
 
     ray = _init_ray(ray_address)
     n_actors, options = _actor_resources(ray, job)
@@ -217,7 +237,13 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
             results.append(result)
             bar.update(result.n_sentences)
             bar.set_postfix_str(lang)
-            log.info("%s: %d sentences, %d tokens in %.1fs", lang, result.n_sentences, result.n_tokens, result.extract_s)
+            log.info(
+                "%s: %d sentences, %d tokens in %.1fs",
+                lang,
+                result.n_sentences,
+                result.n_tokens,
+                result.extract_s,
+            )
             submit()
         bar.close()
     finally:

@@ -146,9 +146,7 @@ def cache_dir() -> Path:
 def _require_gguf() -> None:
     missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
-        raise ImportError(
-            f"loading a GGUF file needs the packages {missing}: pip install 'neuronxa_ray[gguf]'"
-        )
+        raise ImportError(f"loading a GGUF file needs the packages {missing}: pip install 'neuronxa_ray[gguf]'")
 
 
 def materialize_gguf(directory: str, gguf_file: str) -> Path:
@@ -205,7 +203,9 @@ def _get_submodule(root: nn.Module, dotted: str, what: str) -> nn.Module:
     except AttributeError as e:
         names = [n for n, _ in root.named_modules() if n]
         hint = difflib.get_close_matches(dotted, names, n=3)
-        raise ValueError(f"{what} {dotted!r} not found; did you mean {hint}?" if hint else f"{what} {dotted!r} not found") from e
+        raise ValueError(
+            f"{what} {dotted!r} not found; did you mean {hint}?" if hint else f"{what} {dotted!r} not found"
+        ) from e
 
 
 def find_blocks(model: nn.Module, layers_module: str | None = None) -> list[nn.Module]:

@@ -45,7 +45,13 @@ class ParallelCorpus:
         if n < 1:
             raise ValueError(f"n_sentences must be >= 1, got {n_sentences!r}")
         if n > len(self.ids):
-            log.warning("%s: %d sentences asked for, %d available; using %d", self.source, n, len(self.ids), len(self.ids))
+            log.warning(
+                "%s: %d sentences asked for, %d available; using %d",
+                self.source,
+                n,
+                len(self.ids),
+                len(self.ids),
+            )
             n = len(self.ids)
         return ParallelCorpus(self.ids[:n], {lang: self.sentences[lang][:n] for lang in keep}, self.source)
 
@@ -84,8 +90,10 @@ def read_directory(path: str | Path, ext: str = ".txt") -> ParallelCorpus:
         counts = list(lengths.values())
         common = max(set(counts), key=counts.count)
         shown = {f"{lang}{ext}": n for lang, n in lengths.items() if n != common or counts.count(common) == 1}
-        raise ValueError(f"{root}: files have different line counts (line i must be parallel): {shown}"
-                         + (f", the other {len(lengths) - len(shown)} have {common}" if len(shown) < len(lengths) else ""))
+        raise ValueError(
+            f"{root}: files have different line counts (line i must be parallel): {shown}"
+            + (f", the other {len(lengths) - len(shown)} have {common}" if len(shown) < len(lengths) else "")
+        )
     n = next(iter(lengths.values()))
     return ParallelCorpus([str(i) for i in range(n)], sentences, str(root))
 

@@ -85,7 +85,9 @@ class LanguageWorker:
             self._pivot = {m: torch.from_numpy(np.array(a)).to(self.lm.device) for m, a in pivot.items()}
             self._pivot_id = id(pivot)
 
-    def process(self, task: LanguageTask, pivot: PivotStates | None = None) -> tuple[LanguageResult, PivotStates | None]:
+    def process(
+        self, task: LanguageTask, pivot: PivotStates | None = None
+    ) -> tuple[LanguageResult, PivotStates | None]:
         """Extract one language and write its tables. Returns the states too when it is the pivot."""
         t0 = time.perf_counter()
         states = self.extractor.extract(task.texts)
@@ -127,7 +129,9 @@ class LanguageWorker:
         lake, key = self.lake, (task.model_name, task.checkpoint)
         files = []
         if self.settings.store_states:
-            table = states_table(*key, task.lang, task.sentence_ids, states.token_counts, host, self.settings.state_dtype)
+            table = states_table(
+                *key, task.lang, task.sentence_ids, states.token_counts, host, self.settings.state_dtype
+            )
             files.append(
                 lake.write(
                     "sentence_states",

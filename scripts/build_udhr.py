@@ -20,12 +20,39 @@ OUT_DIR = Path(__file__).resolve().parent.parent / "neuronxa_ray" / "data" / "ud
 
 # ISO 639-3 name used in this project -> declaration file in the package.
 LANGUAGES = {
-    "eng": "eng", "fra": "fra", "deu": "deu_1996", "spa": "spa", "ita": "ita", "por": "por_PT",
-    "nld": "nld", "swe": "swe", "dan": "dan", "nob": "nob", "fin": "fin", "hun": "hun", "pol": "pol",
-    "ces": "ces", "ron": "ron_2006", "rus": "rus", "ukr": "ukr", "ell": "ell_monotonic", "tur": "tur",
-    "arb": "arb", "heb": "heb", "pes": "pes_1", "hin": "hin", "ben": "ben", "vie": "vie", "ind": "ind",
-    "tha": "tha", "kor": "kor", "jpn": "jpn", "cmn": "cmn_hans", "swh": "swh", "cat": "cat",
-}  # fmt: skip
+    "eng": "eng",
+    "fra": "fra",
+    "deu": "deu_1996",
+    "spa": "spa",
+    "ita": "ita",
+    "por": "por_PT",
+    "nld": "nld",
+    "swe": "swe",
+    "dan": "dan",
+    "nob": "nob",
+    "fin": "fin",
+    "hun": "hun",
+    "pol": "pol",
+    "ces": "ces",
+    "ron": "ron_2006",
+    "rus": "rus",
+    "ukr": "ukr",
+    "ell": "ell_monotonic",
+    "tur": "tur",
+    "arb": "arb",
+    "heb": "heb",
+    "pes": "pes_1",
+    "hin": "hin",
+    "ben": "ben",
+    "vie": "vie",
+    "ind": "ind",
+    "tha": "tha",
+    "kor": "kor",
+    "jpn": "jpn",
+    "cmn": "cmn_hans",
+    "swh": "swh",
+    "cat": "cat",
+}
 
 
 class _Paragraphs(html.parser.HTMLParser):

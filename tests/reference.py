@@ -18,9 +18,17 @@ def reference_states(model, tokenizer, modules, texts, hook_site="act"):
     handles = []
     for layer, module in enumerate(modules):
         if hook_site == "act":
-            handles.append(module.register_forward_hook(lambda m, a, o, i=layer: captured.__setitem__(i, o[0].detach().double().numpy())))
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, a, o, i=layer: captured.__setitem__(i, o[0].detach().double().numpy())
+                )
+            )
         else:
-            handles.append(module.register_forward_pre_hook(lambda m, a, i=layer: captured.__setitem__(i, a[0][0].detach().double().numpy())))
+            handles.append(
+                module.register_forward_pre_hook(
+                    lambda m, a, i=layer: captured.__setitem__(i, a[0][0].detach().double().numpy())
+                )
+            )
     out = {"nas": [], "nav": [], "hidden": [], "hidden_last": []}
     n_active = abs_sum = None
     n_tokens = 0

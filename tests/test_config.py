@@ -5,21 +5,34 @@ from neuronxa_ray.config import job_from_dict, load_job
 
 def test_minimal_job_and_defaults():
     job = job_from_dict({"model": "org/m", "data": {"path": "d/"}})
-    assert (job.pivot, job.n_sentences, job.lake, job.dtype, job.hook_site) == ("eng", 100, "lake", "auto", "act")
+    assert (job.pivot, job.n_sentences, job.lake, job.dtype, job.hook_site) == (
+        "eng",
+        100,
+        "lake",
+        "auto",
+        "act",
+    )
     assert [c.name for c in job.resolved_checkpoints()] == ["main"]
 
 
 def test_overrides_win_and_checkpoints_resolve(tmp_path):
     (tmp_path / "step100").mkdir()
     job = job_from_dict(
-        {"model": "org/m", "data": "d/", "n_sentences": 50,
-         "checkpoints": ["rev-a", str(tmp_path / "step100"), {"revision": "step200", "step": 200}]},  # fmt: skip
+        {
+            "model": "org/m",
+            "data": "d/",
+            "n_sentences": 50,
+            "checkpoints": ["rev-a", str(tmp_path / "step100"), {"revision": "step200", "step": 200}],
+        },
         overrides={"n_sentences": 7, "lake": None},
     )
     assert job.n_sentences == 7 and job.lake == "lake"
     names = [(c.name, c.model, c.revision, c.step) for c in job.resolved_checkpoints()]
-    assert names == [("rev-a", "org/m", "rev-a", None), ("step100", str(tmp_path / "step100"), None, None),
-                     ("step200", "org/m", "step200", 200)]  # fmt: skip
+    assert names == [
+        ("rev-a", "org/m", "rev-a", None),
+        ("step100", str(tmp_path / "step100"), None, None),
+        ("step200", "org/m", "step200", 200),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -5,12 +5,23 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from neuronxa_ray.lake import METADATA_KEY, SCHEMA_VERSION, Lake, neuron_counts_table, similarity_table, slug, states_table
+from neuronxa_ray.lake import (
+    METADATA_KEY,
+    SCHEMA_VERSION,
+    Lake,
+    neuron_counts_table,
+    similarity_table,
+    slug,
+    states_table,
+)
 from neuronxa_ray.sql import connect
 
 
 def _states(rng, n=4):
-    return {"nas": rng.random((n, 2, 6)).astype(np.float32), "hidden": rng.normal(size=(n, 3, 5)).astype(np.float32)}
+    return {
+        "nas": rng.random((n, 2, 6)).astype(np.float32),
+        "hidden": rng.normal(size=(n, 3, 5)).astype(np.float32),
+    }
 
 
 @pytest.mark.parametrize("state_dtype", ["float32", "float16"])
@@ -19,8 +30,12 @@ def test_states_round_trip(tmp_path, state_dtype):
     lake = Lake(tmp_path)
     states = _states(rng)
     path = lake.language_file("sentence_states", "org/m", "main", "fra")
-    lake.write("sentence_states", states_table("org/m", "main", "fra", list("abcd"), [3, 4, 5, 6], states, state_dtype),
-               path, state_dtype=state_dtype)  # fmt: skip
+    lake.write(
+        "sentence_states",
+        states_table("org/m", "main", "fra", list("abcd"), [3, 4, 5, 6], states, state_dtype),
+        path,
+        state_dtype=state_dtype,
+    )
     back = lake.read_states("org/m", "main", "fra")
     for method, arr in states.items():
         expected = arr.astype(np.float16).astype(np.float32) if state_dtype == "float16" else arr
@@ -39,14 +54,22 @@ def test_similarity_and_counts_round_trip(tmp_path):
     lake = Lake(tmp_path)
     mats = {"nas": rng.uniform(-1, 1, size=(2, 3, 3)), "hidden_last": rng.uniform(-1, 1, size=(3, 3, 3))}
     mats["nas"][1, 0, 2] = np.nan
-    lake.write("similarity", similarity_table("m", "c", "eng", "fra", mats), lake.language_file("similarity", "m", "c", "fra", "eng"))
+    lake.write(
+        "similarity",
+        similarity_table("m", "c", "eng", "fra", mats),
+        lake.language_file("similarity", "m", "c", "fra", "eng"),
+    )
     t = pq.read_table(lake.language_file("similarity", "m", "c", "fra", "eng")).to_pylist()
     for row in t:
         expected = mats[row["method"]][row["layer"], row["pivot_sentence"]]
         np.testing.assert_array_equal(np.array(row["cosine"]), expected)
     active = rng.integers(0, 9, size=(2, 4)).astype(float)
     abs_sum = rng.random((2, 4))
-    lake.write("neuron_counts", neuron_counts_table("m", "c", "fra", active, abs_sum, 9), lake.language_file("neuron_counts", "m", "c", "fra"))
+    lake.write(
+        "neuron_counts",
+        neuron_counts_table("m", "c", "fra", active, abs_sum, 9),
+        lake.language_file("neuron_counts", "m", "c", "fra"),
+    )
     rows = pq.read_table(lake.language_file("neuron_counts", "m", "c", "fra")).to_pylist()
     for r in rows:
         assert r["n_active"] == active[r["layer"], r["neuron"]] and r["abs_sum"] == abs_sum[r["layer"], r["neuron"]]

@@ -11,17 +11,42 @@ def test_unknown_architecture_lists_supported_and_the_manual_route():
 
 
 def test_every_issue_architecture_has_an_adapter():
-    for arch in ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "glm4",
-                 "phi3", "gpt2", "gpt_neox"]:  # fmt: skip
+    for arch in [
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "olmo",
+        "olmo2",
+        "glm4",
+        "phi3",
+        "gpt2",
+        "gpt_neox",
+    ]:
         assert arch in ADAPTERS
 
 
 def test_manual_ffn_module_and_did_you_mean():
     lm = make_model("llama")
-    manual = attach(lm.model, lm.tokenizer, ModelSpec(model="x", ffn_module="mlp.act_fn"), torch.device("cpu"), torch.float64)
+    manual = attach(
+        lm.model,
+        lm.tokenizer,
+        ModelSpec(model="x", ffn_module="mlp.act_fn"),
+        torch.device("cpu"),
+        torch.float64,
+    )
     assert manual.hook_modules == lm.hook_modules
     with pytest.raises(ValueError, match=r"'mlp\.act_fm' not found; did you mean \['mlp\.act_fn'"):
-        attach(lm.model, lm.tokenizer, ModelSpec(model="x", ffn_module="mlp.act_fm"), torch.device("cpu"), torch.float64)
+        attach(
+            lm.model,
+            lm.tokenizer,
+            ModelSpec(model="x", ffn_module="mlp.act_fm"),
+            torch.device("cpu"),
+            torch.float64,
+        )
 
 
 def test_dtype_defaults_and_errors():

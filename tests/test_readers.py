@@ -52,8 +52,13 @@ def test_tsv_and_jsonl_rows(tmp_path):
     c = read_rows(tsv)
     assert c.ids == ["1", "2"] and c.sentences["fra"] == ["Bonjour", "Monde"]
     jl = tmp_path / "p.jsonl"
-    jl.write_text("\n".join(json.dumps(r) for r in [
-        {"id": 1, "lang": "eng", "text": "Hello"}, {"id": 1, "lang": "deu", "text": "Hallo"}]) + "\n")  # fmt: skip
+    jl.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [{"id": 1, "lang": "eng", "text": "Hello"}, {"id": 1, "lang": "deu", "text": "Hallo"}]
+        )
+        + "\n"
+    )
     assert read_corpus(jl).sentences == {"eng": ["Hello"], "deu": ["Hallo"]}
 
 

@@ -39,16 +39,24 @@ def lake(tmp_path_factory):
     ids = [f"u{i}" for i in range(N)]
     for lang in LANGS:
         host = {m: states[m][lang].astype(np.float32) for m in states}
-        lk.write("sentence_states", states_table(MODEL, CKPT, lang, ids, [5] * N, host),
-                 lk.language_file("sentence_states", MODEL, CKPT, lang))  # fmt: skip
+        lk.write(
+            "sentence_states",
+            states_table(MODEL, CKPT, lang, ids, [5] * N, host),
+            lk.language_file("sentence_states", MODEL, CKPT, lang),
+        )
         if lang != "eng":
-            mats = {m: cosine_matrices(torch.from_numpy(host_eng), torch.from_numpy(host[m])).numpy()
-                    for m, host_eng in ((m, states[m]["eng"].astype(np.float32)) for m in states)}  # fmt: skip
+            mats = {
+                m: cosine_matrices(torch.from_numpy(host_eng), torch.from_numpy(host[m])).numpy()
+                for m, host_eng in ((m, states[m]["eng"].astype(np.float32)) for m in states)
+            }
             if lang == "deu":  # a planted exact tie on a diagonal, and a NaN rival that must not win
                 mats["nas"][0, 3, 1] = mats["nas"][0, 3, 3]
                 mats["nas"][1, 2, 0] = np.nan
-            lk.write("similarity", similarity_table(MODEL, CKPT, "eng", lang, mats),
-                     lk.language_file("similarity", MODEL, CKPT, lang, "eng"))  # fmt: skip
+            lk.write(
+                "similarity",
+                similarity_table(MODEL, CKPT, "eng", lang, mats),
+                lk.language_file("similarity", MODEL, CKPT, lang, "eng"),
+            )
     counts = {}
     for lang in LANGS:
         n_tokens = int(rng.integers(50, 100))
@@ -56,8 +64,11 @@ def lake(tmp_path_factory):
         active[0, 0] = 0 if lang != "eng" else n_tokens  # a neuron that fires for English only
         abs_sum = rng.uniform(0, 3, size=(LAYERS, DIM)) * n_tokens
         counts[lang] = (active, abs_sum, n_tokens)
-        lk.write("neuron_counts", neuron_counts_table(MODEL, CKPT, lang, active, abs_sum, n_tokens),
-                 lk.language_file("neuron_counts", MODEL, CKPT, lang))  # fmt: skip
+        lk.write(
+            "neuron_counts",
+            neuron_counts_table(MODEL, CKPT, lang, active, abs_sum, n_tokens),
+            lk.language_file("neuron_counts", MODEL, CKPT, lang),
+        )
     yield {"root": root, "states": states, "counts": counts, "con": connect(root)}
 
 
@@ -84,10 +95,15 @@ def test_similarity_round_trips_and_cells_view_unnests_it(lake):
 
 def test_alignment_and_retrieval_views_match_numpy(lake):
     con = lake["con"]
-    got = {(m, lg, layer): s for m, lg, layer, s in con.execute("SELECT method, lang, layer, score FROM alignment").fetchall()}
+    got = {
+        (m, lg, layer): s
+        for m, lg, layer, s in con.execute("SELECT method, lang, layer, score FROM alignment").fetchall()
+    }
     ret = {
         (m, lg, layer, d): a
-        for m, lg, layer, d, a in con.execute("SELECT method, lang, layer, direction, accuracy FROM retrieval").fetchall()
+        for m, lg, layer, d, a in con.execute(
+            "SELECT method, lang, layer, direction, accuracy FROM retrieval"
+        ).fetchall()
     }
     assert len(got) == 2 * 2 * LAYERS
     for (method, lang, layer), score in got.items():
@@ -97,7 +113,8 @@ def test_alignment_and_retrieval_views_match_numpy(lake):
             assert ret[(method, lang, layer, d)] == pytest.approx(retrieval_accuracy(C, d), abs=1e-12)
     # the planted tie is a miss; the planted NaN rival is ignored, not a win
     tie = con.execute(
-        "SELECT diagonal, row_rival, row_hit FROM mutual_nn WHERE method='nas' AND lang='deu' AND layer=0 AND sentence=3"
+        "SELECT diagonal, row_rival, row_hit FROM mutual_nn"
+        " WHERE method='nas' AND lang='deu' AND layer=0 AND sentence=3"
     ).fetchone()
     assert tie[0] == tie[1] and tie[2] is False
     C = _matrices_from_lake(con, "nas", "deu", 1)
@@ -137,7 +154,9 @@ def test_any_pivot_from_states_matches_reference(lake):
 def test_alignment_summary_is_layer_mean_max_and_first_best_layer(lake):
     con = lake["con"]
     per_layer = con.execute("SELECT method, lang, layer, score FROM alignment").fetchall()
-    summary = con.execute("SELECT method, lang, score_mean, score_max, best_layer, n_layers FROM alignment_summary").fetchall()
+    summary = con.execute(
+        "SELECT method, lang, score_mean, score_max, best_layer, n_layers FROM alignment_summary"
+    ).fetchall()
     assert len(summary) == 4
     for method, lang, mean, mx, best, n_layers in summary:
         scores = [s for m, lg, layer, s in sorted(per_layer, key=lambda r: r[2]) if (m, lg) == (method, lang)]
@@ -151,12 +170,17 @@ def test_neuron_views_match_numpy(lake):
     con = lake["con"]
     counts = lake["counts"]
     prob = {lang: counts[lang][0] / counts[lang][2] for lang in LANGS}
-    rows = con.execute("SELECT lang, layer, neuron, activation_prob, mean_abs_activation FROM neuron_activation").fetchall()
+    rows = con.execute(
+        "SELECT lang, layer, neuron, activation_prob, mean_abs_activation FROM neuron_activation"
+    ).fetchall()
     assert len(rows) == len(LANGS) * LAYERS * DIM
     for lang, layer, neuron, p, mean_abs in rows:
         assert p == pytest.approx(prob[lang][layer, neuron])
         assert mean_abs == pytest.approx(counts[lang][1][layer, neuron] / counts[lang][2])
-    ent = {(layer, n): (e, top) for layer, n, e, top in con.execute("SELECT layer, neuron, entropy, top_lang FROM neuron_entropy").fetchall()}
+    ent = {
+        (layer, n): (e, top)
+        for layer, n, e, top in con.execute("SELECT layer, neuron, entropy, top_lang FROM neuron_entropy").fetchall()
+    }
     for layer in range(LAYERS):
         for n in range(DIM):
             ps = np.array([prob[lang][layer, n] for lang in LANGS])
@@ -167,8 +191,7 @@ def test_neuron_views_match_numpy(lake):
     # LAPE selection, recomputed in numpy
     all_p = np.concatenate([prob[lang].ravel() for lang in LANGS])
     bar = np.quantile(all_p, 0.95)
-    cand = [(e, layer, n) for (layer, n), (e, _) in ent.items()
-            if max(prob[lang][layer, n] for lang in LANGS) > bar]  # fmt: skip
+    cand = [(e, layer, n) for (layer, n), (e, _) in ent.items() if max(prob[lang][layer, n] for lang in LANGS) > bar]
     ranks = scipy.stats.rankdata([c[0] for c in cand], method="min")
     chosen = {(layer, n) for (e, layer, n), r in zip(cand, ranks) if (r - 1) / max(len(cand) - 1, 1) <= 0.01}
     expected = {(layer, n, lang) for layer, n in chosen for lang in LANGS if prob[lang][layer, n] > bar}
@@ -190,7 +213,9 @@ def test_correlation_view_matches_scipy(lake, tmp_path):
     assert main(["import-benchmarks", str(csv), "--lake", str(root)]) == 0
     con = connect(root)
     summary = con.execute("SELECT method, lang, score_mean FROM alignment_summary").fetchall()
-    got = con.execute("SELECT method, n_languages, pearson, spearman FROM correlation WHERE benchmark = 'xnli'").fetchall()
+    got = con.execute(
+        "SELECT method, n_languages, pearson, spearman FROM correlation WHERE benchmark = 'xnli'"
+    ).fetchall()
     assert {r[0] for r in got} == {"nas", "hidden"}
     for method, n, pearson, spearman in got:
         scores = {lg: sc for m, lg, sc in summary if m == method}
@@ -236,11 +261,24 @@ def test_runs_latest_and_training_curve(lake, tmp_path):
 
     def run_row(ckpt, step, finished):
         row = {f.name: None for f in SCHEMAS["runs"]}
-        row.update(run_id=f"r-{ckpt}-{finished}", model=MODEL, checkpoint=ckpt, step=step, pivot="eng",
-                   languages=LANGS, n_languages=3, n_languages_computed=3, n_sentences=N, hook_site="act",
-                   started_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
-                   finished_at=dt.datetime(2026, 1, 1, 0, finished, tzinfo=dt.timezone.utc), wall_s=1.0,
-                   code_version="t", schema_version="1", config_json="{}")  # fmt: skip
+        row.update(
+            run_id=f"r-{ckpt}-{finished}",
+            model=MODEL,
+            checkpoint=ckpt,
+            step=step,
+            pivot="eng",
+            languages=LANGS,
+            n_languages=3,
+            n_languages_computed=3,
+            n_sentences=N,
+            hook_site="act",
+            started_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+            finished_at=dt.datetime(2026, 1, 1, 0, finished, tzinfo=dt.timezone.utc),
+            wall_s=1.0,
+            code_version="t",
+            schema_version="1",
+            config_json="{}",
+        )
         return row
 
     for ckpt, step, minute in (("main", 100, 1), ("main", 200, 5)):
@@ -249,10 +287,10 @@ def test_runs_latest_and_training_curve(lake, tmp_path):
     con = connect(root)
     assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 2
     assert con.execute("SELECT step FROM latest_runs").fetchall() == [(200,)]
-    curve = con.execute(
-        "SELECT method, lang, step, score_mean FROM training_curve ORDER BY method, lang"
-    ).fetchall()
-    summary = dict(((m, lg), s) for m, lg, s in con.execute("SELECT method, lang, score_mean FROM alignment_summary").fetchall())
+    curve = con.execute("SELECT method, lang, step, score_mean FROM training_curve ORDER BY method, lang").fetchall()
+    summary = dict(
+        ((m, lg), s) for m, lg, s in con.execute("SELECT method, lang, score_mean FROM alignment_summary").fetchall()
+    )
     for method, lang, step, score in curve:
         assert step == 200
         if lang == "*":
@@ -263,6 +301,15 @@ def test_runs_latest_and_training_curve(lake, tmp_path):
 
 def test_views_bind_on_an_empty_lake(tmp_path):
     con = connect(tmp_path)
-    for view in ("alignment", "retrieval", "alignment_summary", "runs", "correlation", "training_curve",
-                 "neuron_entropy", "language_specific_neurons", "alignment_from_states"):  # fmt: skip
+    for view in (
+        "alignment",
+        "retrieval",
+        "alignment_summary",
+        "runs",
+        "correlation",
+        "training_curve",
+        "neuron_entropy",
+        "language_specific_neurons",
+        "alignment_from_states",
+    ):
         assert con.execute(f"SELECT count(*) FROM {view}").fetchone()[0] == 0

@@ -10,13 +10,31 @@ from transformers import PreTrainedTokenizerFast
 from neuronxa_ray.models import ModelSpec, attach
 
 TEXTS = {
-    "eng": ["All human beings are born free.", "Everyone has the right to life.", "No one shall be held in slavery.",
-            "Everyone has the right to recognition.", "All are equal before the law.", "Everyone has the right to an effective remedy."],
-    "fra": ["Tous les êtres humains naissent libres.", "Tout individu a droit à la vie.", "Nul ne sera tenu en esclavage.",
-            "Chacun a le droit à la reconnaissance.", "Tous sont égaux devant la loi.", "Toute personne a droit à un recours effectif."],
-    "deu": ["Alle Menschen sind frei geboren.", "Jeder hat das Recht auf Leben.", "Niemand darf in Sklaverei gehalten werden.",
-            "Jeder hat das Recht, anerkannt zu werden.", "Alle Menschen sind vor dem Gesetz gleich.", "Jeder hat Anspruch auf einen wirksamen Rechtsbehelf."],
-}  # fmt: skip
+    "eng": [
+        "All human beings are born free.",
+        "Everyone has the right to life.",
+        "No one shall be held in slavery.",
+        "Everyone has the right to recognition.",
+        "All are equal before the law.",
+        "Everyone has the right to an effective remedy.",
+    ],
+    "fra": [
+        "Tous les êtres humains naissent libres.",
+        "Tout individu a droit à la vie.",
+        "Nul ne sera tenu en esclavage.",
+        "Chacun a le droit à la reconnaissance.",
+        "Tous sont égaux devant la loi.",
+        "Toute personne a droit à un recours effectif.",
+    ],
+    "deu": [
+        "Alle Menschen sind frei geboren.",
+        "Jeder hat das Recht auf Leben.",
+        "Niemand darf in Sklaverei gehalten werden.",
+        "Jeder hat das Recht, anerkannt zu werden.",
+        "Alle Menschen sind vor dem Gesetz gleich.",
+        "Jeder hat Anspruch auf einen wirksamen Rechtsbehelf.",
+    ],
+}
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
@@ -24,16 +42,27 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([t for texts in TEXTS.values() for t in texts], trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
 VOCAB = 320
-_COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-               max_position_embeddings=128, initializer_range=0.2)  # fmt: skip
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+    initializer_range=0.2,
+)
 
 CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(**_COMMON, num_key_value_heads=2),
@@ -42,14 +71,17 @@ CONFIGS = {
     "qwen3": lambda: transformers.Qwen3Config(**_COMMON, num_key_value_heads=2, head_dim=8),
     "gemma": lambda: transformers.GemmaConfig(**_COMMON, num_key_value_heads=1, head_dim=8),
     "gemma2": lambda: transformers.Gemma2Config(**_COMMON, num_key_value_heads=2, head_dim=8, sliding_window=16),
-    "gemma3_text": lambda: transformers.Gemma3TextConfig(**_COMMON, num_key_value_heads=2, head_dim=8, sliding_window=16),
+    "gemma3_text": lambda: transformers.Gemma3TextConfig(
+        **_COMMON, num_key_value_heads=2, head_dim=8, sliding_window=16
+    ),
     "olmo": lambda: transformers.OlmoConfig(**_COMMON),
     "olmo2": lambda: transformers.Olmo2Config(**_COMMON),
     "glm": lambda: transformers.GlmConfig(**_COMMON, num_key_value_heads=2, head_dim=8),
     "glm4": lambda: transformers.Glm4Config(**_COMMON, num_key_value_heads=2, head_dim=8),
     "phi3": lambda: transformers.Phi3Config(**_COMMON, num_key_value_heads=2, pad_token_id=0),
-    "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_inner=64, n_layer=2, n_head=4,
-                                            n_positions=128, initializer_range=0.2),  # fmt: skip
+    "gpt2": lambda: transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_inner=64, n_layer=2, n_head=4, n_positions=128, initializer_range=0.2
+    ),
     "gpt_neox": lambda: transformers.GPTNeoXConfig(**_COMMON),
 }
 
@@ -64,7 +96,13 @@ def make_model(arch: str, dtype: torch.dtype = torch.float64, seed: int = 0, hoo
     except ValueError:  # gemma2 has eager attention only; the extractor right-pads, which eager handles
         model = transformers.AutoModel.from_config(config, attn_implementation="eager")
     model = model.to(dtype)
-    return attach(model, make_tokenizer(), ModelSpec(model=f"tiny-{arch}", hook_site=hook_site), torch.device("cpu"), dtype)
+    return attach(
+        model,
+        make_tokenizer(),
+        ModelSpec(model=f"tiny-{arch}", hook_site=hook_site),
+        torch.device("cpu"),
+        dtype,
+    )
 
 
 def save_tiny(arch: str, directory, seed: int = 0) -> None:

