@@ -56,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Without a terminal there is no progress bar: per-language log lines take its place.
+    quiet = sys.stderr.isatty() and not args.verbose
+    logging.getLogger("neuronxa_ray").setLevel(logging.WARNING if quiet else logging.INFO)
     try:
         return COMMANDS[args.command](args)
     except BrokenPipeError:  # output piped into head & co.

@@ -185,11 +185,15 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
             len(todo),
         )
 
+    from neuronxa_ray.models import needs_conversion
+
+    spec = job.model_spec(checkpoint)
+    if needs_conversion(spec):
+        log.warning("first use of %s: de-quantising the GGUF once into the cache (a minute or two)", spec.model)
     ray = _init_ray(ray_address)
     n_actors, options = _actor_resources(ray, job)
     n_actors = min(n_actors, len(todo))
     settings = WorkerSettings(str(lake.root), job.batch_size, job.max_length, job.state_dtype, job.store_states)
-    spec = job.model_spec(checkpoint)
     Actor = ray.remote(**options)(_ActorBody)
     actors = [Actor.remote(spec, settings, int(options["num_cpus"])) for _ in range(n_actors)]
     try:

@@ -156,17 +156,22 @@ class StateExtractor:
             mask[b, span] = 1
         return input_ids, mask
 
-    @torch.inference_mode()
     def extract(self, texts: list[str]) -> LanguageStates:
         """Run all sentences (batched, longest first) and return their states in input order."""
         if not texts:
             raise ValueError("no sentences to extract")
-        ids = self.tokenize(texts)
+        return self.extract_ids(self.tokenize(texts))
+
+    @torch.inference_mode()
+    def extract_ids(self, ids: list[list[int]]) -> LanguageStates:
+        """The same for already tokenized sentences (token ids, special tokens included)."""
+        if not ids:
+            raise ValueError("no sentences to extract")
         empty = [i for i, x in enumerate(ids) if not x]
         if empty:
             raise ValueError(f"sentences {empty[:5]} tokenize to nothing")
         dev = self.lm.device
-        n, n_layers = len(texts), self.n_layers
+        n, n_layers = len(ids), self.n_layers
         out = None
         order = sorted(range(n), key=lambda i: -len(ids[i]))  # similar lengths together: little padding
         for start in range(0, n, self.batch_size):

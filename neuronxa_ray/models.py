@@ -149,14 +149,26 @@ def _require_gguf() -> None:
         raise ImportError(f"loading a GGUF file needs the packages {missing}: pip install 'neuronxa_ray[gguf]'")
 
 
-def materialize_gguf(directory: str, gguf_file: str) -> Path:
-    """De-quantise a GGUF checkpoint once into a cached transformers directory; return that directory."""
+def gguf_cache_path(directory: str, gguf_file: str) -> Path:
+    """Where the de-quantised copy of this GGUF file lives (keyed by path, size and modification time)."""
     path = Path(directory) / gguf_file
     if not path.is_file():
         raise FileNotFoundError(f"gguf_file {gguf_file!r} not found in {directory!r}")
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_dir() / "gguf" / f"{path.stem}-{key}"
+    return cache_dir() / "gguf" / f"{path.stem}-{key}"
+
+
+def needs_conversion(spec: ModelSpec) -> bool:
+    """True when loading spec will first de-quantise a GGUF file (a minute or two, once)."""
+    source, gguf_file = resolve_source(spec)
+    return bool(gguf_file) and not (gguf_cache_path(source, gguf_file) / "config.json").is_file()
+
+
+def materialize_gguf(directory: str, gguf_file: str) -> Path:
+    """De-quantise a GGUF checkpoint once into a cached transformers directory; return that directory."""
+    path = Path(directory) / gguf_file
+    target = gguf_cache_path(directory, gguf_file)
     if (target / "config.json").is_file():
         return target
     _require_gguf()

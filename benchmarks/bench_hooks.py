@@ -1,0 +1,77 @@
+"""Hook overhead: the hooked forward (all four states and the neuron counters) against the bare base-model
+forward, on the same model, sentences, batches and threads. Goal: hooked throughput >= 0.90 of bare."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchmarks.common import GEMMA, interleaved, report, save, udhr
+from neuronxa_ray.extraction import StateExtractor
+from neuronxa_ray.models import ModelSpec, load_model
+
+
+def bare_forward(lm, extractor: StateExtractor, texts: list[str]):
+    """The same batches as the extractor makes (longest first, right-padded), without hooks or hidden states."""
+    ids = extractor.tokenize(texts)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    batches = [
+        extractor._pad([ids[i] for i in order[s : s + extractor.batch_size]])
+        for s in range(0, len(ids), extractor.batch_size)
+    ]
+
+    @torch.inference_mode()
+    def run():
+        for input_ids, mask in batches:
+            input_ids, mask = input_ids.to(lm.device), mask.to(lm.device)
+            lm.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=False,
+            )
+        if lm.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return run, sum(len(x) for x in ids)
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default=GEMMA)
+    ap.add_argument("--languages", nargs="+", default=["eng", "fra", "rus"])
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args(argv)
+    lm = load_model(ModelSpec(model=args.model))
+    texts = [t for ts in udhr(args.languages, args.n).values() for t in ts]
+    extractor = StateExtractor(lm, batch_size=args.batch_size)
+    hooks = lm.hook_modules  # detach the hooks for the bare runs, re-attach for the hooked ones
+    extractor.close()
+    bare, n_tokens = bare_forward(lm, extractor, texts)
+
+    def hooked():
+        ex = StateExtractor(lm, batch_size=args.batch_size)
+        try:
+            ex.extract(texts)
+        finally:
+            ex.close()
+        if lm.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    t = interleaved({"bare": bare, "hooked": hooked}, reps=args.reps)
+    ratio = t["bare"] / t["hooked"]
+    print(
+        f"hook overhead on {lm.device} ({lm.model_type}, {len(texts)} sentences, {n_tokens} tokens, "
+        f"batch {args.batch_size}, {torch.get_num_threads()} threads)"
+    )
+    print(f"  bare {n_tokens / t['bare']:.0f} tok/s, hooked {n_tokens / t['hooked']:.0f} tok/s")
+    results = [report("hooked / bare throughput", ratio, 0.90)]
+    save("hooks", {"times": t, "n_tokens": n_tokens, "device": str(lm.device), "hooks": len(hooks), "results": results})
+    return results
+
+
+if __name__ == "__main__":
+    main()

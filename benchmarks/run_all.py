@@ -1,0 +1,49 @@
+"""`make bench`: every CPU benchmark, each ratio printed against its goal; results in .bench/*.json.
+
+Pass MEXA_DIR=/path/to/a/clone/of/cisnlp/MEXA (outside this repo) to include the comparison with MEXA's code."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from benchmarks import bench_hooks, bench_lake, bench_memory, bench_mexa, bench_pipeline
+from benchmarks.common import TEN_LANGS, save
+
+
+def main() -> None:
+    import torch
+
+    t0 = time.perf_counter()
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}\n"
+    )
+    results = []
+    print("[1/5] hook overhead")
+    results += bench_hooks.main([])
+    print("\n[2/5] pipeline vs bare forward")
+    lake = Path(tempfile.mkdtemp(prefix="bench-lake-"))
+    res, pipe = bench_pipeline.main([], lake_dir=lake)
+    results += res
+    print("\n[3/5] against MEXA's code")
+    results += bench_mexa.main([], ours=pipe, lake=lake)
+    print("\n[4/5] lake size")
+    results += bench_lake.main(lake, TEN_LANGS[:4], 50)
+    print("\n[5/5] memory, 10 vs 40 languages")
+    results += bench_memory.main()
+    print(f"\nsummary ({time.perf_counter() - t0:.0f}s):")
+    for r in results:
+        verdict = "MET   " if r["met"] else "MISSED"
+        print(f"  {verdict} {r['name']}: {r['value']:.3f}{r['unit']} (goal {r['goal']}{r['unit']})")
+    save("summary", {"results": results, "seconds": time.perf_counter() - t0})
+
+
+if __name__ == "__main__":
+    main()
