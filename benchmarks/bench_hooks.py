@@ -8,33 +8,26 @@ import argparse
 import torch
 
 from benchmarks.common import GEMMA, interleaved, report, save, udhr
-from neuronxa_ray.extraction import StateExtractor
+from neuronxa_ray.extraction import StateExtractor, pad_batch
 from neuronxa_ray.models import ModelSpec, load_model
 
 
-def bare_forward(lm, extractor: StateExtractor, texts: list[str]):
+def bare_forward(lm, ids: list[list[int]], batch_size: int):
     """The same batches as the extractor makes (longest first, right-padded), without hooks or hidden states."""
-    ids = extractor.tokenize(texts)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    batches = [
-        extractor._pad([ids[i] for i in order[s : s + extractor.batch_size]])
-        for s in range(0, len(ids), extractor.batch_size)
-    ]
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer is not None else 0
+    batches = [pad_batch([ids[i] for i in order[s : s + batch_size]], pad_id) for s in range(0, len(ids), batch_size)]
 
     @torch.inference_mode()
     def run():
         for input_ids, mask in batches:
             input_ids, mask = input_ids.to(lm.device), mask.to(lm.device)
-            lm.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                use_cache=False,
-            )
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         if lm.device.type == "cuda":
             torch.cuda.synchronize()
 
-    return run, sum(len(x) for x in ids)
+    return run
 
 
 def main(argv=None) -> list[dict]:
@@ -48,9 +41,10 @@ def main(argv=None) -> list[dict]:
     lm = load_model(ModelSpec(model=args.model))
     texts = [t for ts in udhr(args.languages, args.n).values() for t in ts]
     extractor = StateExtractor(lm, batch_size=args.batch_size)
-    hooks = lm.hook_modules  # detach the hooks for the bare runs, re-attach for the hooked ones
-    extractor.close()
-    bare, n_tokens = bare_forward(lm, extractor, texts)
+    ids = extractor.tokenize(texts)
+    extractor.close()  # no hooks during the bare runs; hooked() attaches a fresh set each time
+    bare = bare_forward(lm, ids, args.batch_size)
+    n_tokens = sum(map(len, ids))
 
     def hooked():
         ex = StateExtractor(lm, batch_size=args.batch_size)
@@ -69,7 +63,7 @@ def main(argv=None) -> list[dict]:
     )
     print(f"  bare {n_tokens / t['bare']:.0f} tok/s, hooked {n_tokens / t['hooked']:.0f} tok/s")
     results = [report("hooked / bare throughput", ratio, 0.90)]
-    save("hooks", {"times": t, "n_tokens": n_tokens, "device": str(lm.device), "hooks": len(hooks), "results": results})
+    save("hooks", {"times": t, "n_tokens": n_tokens, "device": str(lm.device), "results": results})
     return results
 
 

@@ -64,11 +64,11 @@ def main(argv=None, lake_dir: Path | None = None) -> tuple[list[dict], dict]:
     torch.set_num_threads(2)
     ex = StateExtractor(lm, batch_size=16)
     ex.close()
-    bares = [bare_forward(lm, ex, t) for t in texts.values()]  # per language, as the actor batches them
+    bares = [bare_forward(lm, ex.tokenize(t), 16) for t in texts.values()]  # per language, as the actor batches
 
     def bare():
         t0 = time.perf_counter()
-        for run, _ in bares:
+        for run in bares:
             run()
         return time.perf_counter() - t0
 

@@ -115,7 +115,7 @@ class _ActorBody:
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self.worker = LanguageWorker(spec, settings)
+        self.worker = LanguageWorker(spec, settings, with_tokenizer=False)  # the driver tokenizes
 
     def describe(self) -> dict:
         return self.worker.describe()
@@ -185,11 +185,12 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
             len(todo),
         )
 
-    from neuronxa_ray.models import needs_conversion
+    from neuronxa_ray.models import load_tokenizer, materialize_gguf, needs_conversion, resolve_source, tokenize
 
     spec = job.model_spec(checkpoint)
-    if needs_conversion(spec):
+    if needs_conversion(spec):  # once, here, rather than in every actor at the same time
         log.warning("first use of %s: de-quantising the GGUF once into the cache (a minute or two)", spec.model)
+        materialize_gguf(*resolve_source(spec))
     ray = _init_ray(ray_address)
     n_actors, options = _actor_resources(ray, job)
     n_actors = min(n_actors, len(todo))
@@ -197,6 +198,10 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
     Actor = ray.remote(**options)(_ActorBody)
     actors = [Actor.remote(spec, settings, int(options["num_cpus"])) for _ in range(n_actors)]
     try:
+        # Tokenize here while the actors load the model: CPU work off the accelerators, overlapped with start-up.
+        tokenizer = load_tokenizer(spec)
+        for lang in todo:
+            tasks[lang].token_ids = tokenize(tokenizer, tasks[lang].texts, job.max_length)
         info = ray.get([a.describe.remote() for a in actors])[0]
         startup_s = time.perf_counter() - t_start
         log.info("%d actor(s) ready on %s in %.1fs", n_actors, info["device"], startup_s)

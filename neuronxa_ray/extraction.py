@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neuronxa_ray.models import LoadedModel
+from neuronxa_ray.models import LoadedModel, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,18 @@ class LanguageStates:
     def to(self, device: torch.device | str) -> LanguageStates:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return LanguageStates(**moved)
+
+
+def pad_batch(ids: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> ([batch, seq] input ids, [batch, seq] 0/1 attention mask), padded on one side."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for b, x in enumerate(ids):
+        span = slice(0, len(x)) if side == "right" else slice(width - len(x), width)
+        input_ids[b, span] = torch.tensor(x, dtype=torch.long)
+        mask[b, span] = 1
+    return input_ids, mask
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -136,25 +148,13 @@ class StateExtractor:
         out.abs_sum[layer] += mag_sums[:, 1].sum(0, dtype=torch.float64)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per sentence with the tokenizer's default special tokens (as MEXA), truncated if asked."""
-        enc = self.lm.tokenizer(
-            texts,
-            add_special_tokens=True,
-            truncation=self.max_length is not None,
-            max_length=self.max_length,
-        )
-        return enc["input_ids"]
+        if self.lm.tokenizer is None:
+            raise ValueError("this model was loaded without its tokenizer: pass token ids to extract_ids")
+        return tokenize(self.lm.tokenizer, texts, self.max_length)
 
     def _pad(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(x) for x in ids)
-        pad_id = self.lm.tokenizer.pad_token_id
-        input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for b, x in enumerate(ids):
-            span = slice(0, len(x)) if self.padding_side == "right" else slice(width - len(x), width)
-            input_ids[b, span] = torch.tensor(x, dtype=torch.long)
-            mask[b, span] = 1
-        return input_ids, mask
+        pad_id = self.lm.tokenizer.pad_token_id if self.lm.tokenizer is not None else 0  # masked: any id will do
+        return pad_batch(ids, pad_id, self.padding_side)
 
     def extract(self, texts: list[str]) -> LanguageStates:
         """Run all sentences (batched, longest first) and return their states in input order."""

@@ -77,7 +77,7 @@ class ModelSpec:
 @dataclass
 class LoadedModel:
     model: nn.Module  # the base model (no LM head), in eval mode
-    tokenizer: object
+    tokenizer: object | None  # None where the caller tokenizes (the Ray driver does, for its actors)
     blocks: list[nn.Module]
     hook_modules: list[nn.Module]  # one per block: hook output ("act") or input ("down_proj_input")
     hook_site: str
@@ -261,23 +261,50 @@ def attach(model: nn.Module, tokenizer, spec: ModelSpec, device: torch.device, d
     model_type = model.config.model_type
     blocks = find_blocks(model, spec.layers_module)
     hooks = hook_modules_for(blocks, ffn_site_for(model_type, spec), spec.hook_site)
-    if tokenizer.pad_token_id is None:  # causal LMs often ship without one; padded positions are masked anyway
-        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    if tokenizer is not None:
+        fix_padding(tokenizer)
     return LoadedModel(model, tokenizer, blocks, hooks, spec.hook_site, device, dtype, model_type)
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load the base model and tokenizer named by spec onto its device."""
-    from transformers import AutoModel, AutoTokenizer
+def fix_padding(tokenizer) -> None:
+    """Causal LMs often ship without a pad token; any id will do, padded positions are masked and never read."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
 
-    device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
+
+def _pretrained_source(spec: ModelSpec) -> tuple[str, dict]:
+    """The directory or hub id transformers loads from (GGUF de-quantised first), and its loading arguments."""
     source, gguf_file = resolve_source(spec)
     kwargs: dict = {"trust_remote_code": spec.trust_remote_code}
     if gguf_file:
         source = str(materialize_gguf(source, gguf_file))
     elif spec.revision:
         kwargs["revision"] = spec.revision
+    return source, kwargs
+
+
+def load_tokenizer(spec: ModelSpec):
+    from transformers import AutoTokenizer
+
+    source, kwargs = _pretrained_source(spec)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    fix_padding(tokenizer)
+    return tokenizer
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+    """Token ids per sentence with the tokenizer's default special tokens (as MEXA), truncated if asked."""
+    enc = tokenizer(texts, add_special_tokens=True, truncation=max_length is not None, max_length=max_length)
+    return enc["input_ids"]
+
+
+def load_model(spec: ModelSpec, with_tokenizer: bool = True) -> LoadedModel:
+    """Load the base model (and its tokenizer unless the caller tokenizes) onto its device."""
+    from transformers import AutoModel
+
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    source, kwargs = _pretrained_source(spec)
+    tokenizer = load_tokenizer(spec) if with_tokenizer else None
     model = AutoModel.from_pretrained(source, dtype=dtype, **kwargs).to(device)
     return attach(model, tokenizer, spec, device, dtype)

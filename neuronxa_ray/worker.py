@@ -28,6 +28,7 @@ class LanguageTask:
     sentence_ids: list[str]
     texts: list[str]
     fingerprint: str
+    token_ids: list[list[int]] | None = None  # tokenized by the driver; else the worker tokenizes texts
 
     @property
     def is_pivot(self) -> bool:
@@ -60,9 +61,9 @@ class WorkerSettings:
 
 
 class LanguageWorker:
-    def __init__(self, spec: ModelSpec, settings: WorkerSettings) -> None:
+    def __init__(self, spec: ModelSpec, settings: WorkerSettings, with_tokenizer: bool = True) -> None:
         t0 = time.perf_counter()
-        self.lm = load_model(spec)
+        self.lm = load_model(spec, with_tokenizer=with_tokenizer)
         self.load_s = time.perf_counter() - t0
         self.settings = settings
         self.lake = Lake(settings.lake)
@@ -90,7 +91,10 @@ class LanguageWorker:
     ) -> tuple[LanguageResult, PivotStates | None]:
         """Extract one language and write its tables. Returns the states too when it is the pivot."""
         t0 = time.perf_counter()
-        states = self.extractor.extract(task.texts)
+        if task.token_ids is not None:
+            states = self.extractor.extract_ids(task.token_ids)
+        else:
+            states = self.extractor.extract(task.texts)
         matrices: dict[str, np.ndarray] = {}
         if not task.is_pivot:
             if pivot is None:
