@@ -37,7 +37,7 @@ def main() -> None:
     print("\n[4/5] lake size")
     results += bench_lake.main(lake, TEN_LANGS[:4], 50)
     print("\n[5/5] memory, 10 vs 40 languages")
-    results += bench_memory.main()
+    results += bench_memory.main(n=5)
     print(f"\nsummary ({time.perf_counter() - t0:.0f}s):")
     for r in results:
         verdict = "MET   " if r["met"] else "MISSED"

@@ -122,6 +122,15 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 TABLES = tuple(SCHEMAS)
 
+# Per-table Parquet options. The float64 cosines compress 30% smaller split into byte streams (BSS needs the
+# column's dictionary encoding off); DuckDB, polars and pyarrow read BSS for FLOAT and DOUBLE.
+WRITE_OPTIONS: dict[str, dict] = {
+    "similarity": {
+        "use_dictionary": ["model", "checkpoint", "pivot", "lang", "method"],
+        "use_byte_stream_split": ["cosine.list.element"],
+    },
+}
+
 
 def table_schema(table: str, state_dtype: str = "float32") -> pa.Schema:
     """The explicit schema of a table; sentence_states may store its states as float16 (half the bytes)."""
@@ -180,7 +189,7 @@ class Lake:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            pq.write_table(data, tmp, compression="zstd", row_group_size=64 * 1024)
+            pq.write_table(data, tmp, compression="zstd", row_group_size=64 * 1024, **WRITE_OPTIONS.get(table, {}))
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
