@@ -86,12 +86,18 @@ def _init_ray(address: str | None):
 
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = {}
+        if not address:
+            # A local Ray we start ourselves: the actors do the work, so they should not run at a lower priority
+            # (Ray's default worker niceness is 15) than Ray's own housekeeping processes on a busy machine.
+            kwargs["_system_config"] = {"worker_niceness": 0}
         ray.init(
             address=address,
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=True,
             configure_logging=False,
+            **kwargs,
         )
     return ray
 

@@ -123,3 +123,19 @@ def test_bad_data_path_fails_before_ray_starts(tmp_path):
     job = job_from_dict({"model": "m", "data": str(tmp_path / "nope"), "lake": str(tmp_path / "lake")})
     with pytest.raises(ValueError, match="does not exist"):
         run_job(job, progress=False)
+
+
+def test_two_actors_share_the_pivot_and_agree_with_one(ray_session, tiny_job, tmp_path):
+    """num_actors=2: the pivot runs on one actor, its states reach the other through the object store."""
+    _, raw = tiny_job
+    one = job_from_dict({**raw, "lake": str(tmp_path / "one"), "num_actors": 1})
+    two = job_from_dict({**raw, "lake": str(tmp_path / "two"), "num_actors": 2})
+    assert run_job(one, progress=False)[0]["num_actors"] == 1
+    assert run_job(two, progress=False)[0]["num_actors"] == 2
+    q = "SELECT method, lang, layer, pivot_sentence, cosine FROM similarity ORDER BY ALL"
+    a = connect(tmp_path / "one").execute(q).fetchall()
+    b = connect(tmp_path / "two").execute(q).fetchall()
+    assert len(a) == len(b) > 0
+    for ra, rb in zip(a, b, strict=True):
+        assert ra[:4] == rb[:4]
+        np.testing.assert_allclose(ra[4], rb[4], rtol=1e-5, atol=1e-6)  # 1 vs 2 threads: float32 order
