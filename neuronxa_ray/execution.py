@@ -132,6 +132,9 @@ class _ActorBody:
         pivot = ray.get(pivot_refs[0]) if pivot_refs else None
         return self.worker.process(task, pivot)
 
+    def flush(self) -> float:
+        return self.worker.flush()
+
 
 def run_job(
     job: JobConfig,
@@ -260,6 +263,10 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
                 result.extract_s,
             )
             submit()
+        try:  # every language's files and marker are on disk before the run counts as finished
+            write_s = sum(ray.get([a.flush.remote() for a in actors]))
+        except Exception as e:
+            raise RuntimeError(f"{model_name} @ {checkpoint.name}: {e}") from e
         bar.close()
     finally:
         for actor in actors:
@@ -268,6 +275,7 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
     finished = dt.datetime.now(dt.timezone.utc)
     wall_s = time.perf_counter() - t_start
     row = _runs_row(job, checkpoint, corpus, info, results, started, finished, wall_s, startup_s, n_actors, len(langs))
+    row["write_s"] = write_s
     run_file = lake.root / "runs" / f"model={slug(model_name)}" / f"checkpoint={slug(checkpoint.name)}"
     lake.write("runs", {k: [v] for k, v in row.items()}, run_file / f"{row['run_id']}.parquet")
     return row

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from neuronxa_ray.extraction import METHODS, LanguageStates, StateExtractor, cosine_matrices
+from neuronxa_ray.extraction import METHODS, StateExtractor, cosine_matrices
 from neuronxa_ray.lake import Lake, neuron_counts_table, similarity_table, states_table
 from neuronxa_ray.models import ModelSpec, load_model
 
@@ -45,7 +46,6 @@ class LanguageResult:
     n_layers: int
     d_ff: int
     d_model: int
-    files: list[str] = field(default_factory=list)
 
 
 PivotStates = dict[str, np.ndarray]  # method -> [n, layers, dim] float32
@@ -70,6 +70,11 @@ class LanguageWorker:
         self.extractor = StateExtractor(self.lm, settings.batch_size, settings.max_length)
         self._pivot_id: int | None = None
         self._pivot: dict[str, torch.Tensor] = {}
+        # Parquet writes run beside the next language's forward passes (pyarrow releases the GIL while it
+        # compresses); at most one is pending, and flush() waits for it.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer")
+        self._pending: Future | None = None
+        self.write_s = 0.0
 
     def describe(self) -> dict:
         return {
@@ -113,43 +118,47 @@ class LanguageWorker:
         if self.lm.device.type == "cuda":
             torch.cuda.synchronize()
         extract_s = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        files = self._write(task, states, host, matrices)
-        write_s = time.perf_counter() - t1
+        counters = (states.n_active.cpu().numpy(), states.abs_sum.cpu().numpy(), states.n_tokens, states.token_counts)
+        self.flush()  # the previous language's files first: at most one write in flight
+        self._pending = self._writer.submit(self._write, task, host, counters, matrices)
         result = LanguageResult(
             lang=task.lang,
             n_sentences=len(task.texts),
             n_tokens=states.n_tokens,
             extract_s=extract_s,
-            write_s=write_s,
+            write_s=0.0,  # written in the background: see flush()
             n_layers=host["nas"].shape[1],
             d_ff=host["nas"].shape[2],
             d_model=host["hidden"].shape[2],
-            files=[str(f) for f in files],
         )
         return result, (host if task.is_pivot else None)
 
-    def _write(self, task: LanguageTask, states: LanguageStates, host: dict, matrices: dict) -> list:
+    def flush(self) -> float:
+        """Wait for the pending write (raising its error, if any); return the seconds spent writing so far."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+        return self.write_s
+
+    def _write(self, task: LanguageTask, host: dict, counters: tuple, matrices: dict) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._write_tables(task, host, counters, matrices)
+        except Exception as e:
+            raise RuntimeError(f"writing language {task.lang!r} to the lake failed: {e}") from e
+        self.write_s += time.perf_counter() - t0
+
+    def _write_tables(self, task: LanguageTask, host: dict, counters: tuple, matrices: dict) -> None:
+        """All of a language's tables, then its done marker (last: a rerun redoes a language cut short)."""
         lake, key = self.lake, (task.model_name, task.checkpoint)
-        files = []
+        n_active, abs_sum, n_tokens, token_counts = counters
         if self.settings.store_states:
-            table = states_table(
-                *key, task.lang, task.sentence_ids, states.token_counts, host, self.settings.state_dtype
-            )
-            files.append(
-                lake.write(
-                    "sentence_states",
-                    table,
-                    lake.language_file("sentence_states", *key, task.lang),
-                    state_dtype=self.settings.state_dtype,
-                )
-            )
-        counts = neuron_counts_table(
-            *key, task.lang, states.n_active.cpu().numpy(), states.abs_sum.cpu().numpy(), states.n_tokens
-        )
-        files.append(lake.write("neuron_counts", counts, lake.language_file("neuron_counts", *key, task.lang)))
+            table = states_table(*key, task.lang, task.sentence_ids, token_counts, host, self.settings.state_dtype)
+            path = lake.language_file("sentence_states", *key, task.lang)
+            lake.write("sentence_states", table, path, state_dtype=self.settings.state_dtype)
+        counts = neuron_counts_table(*key, task.lang, n_active, abs_sum, n_tokens)
+        lake.write("neuron_counts", counts, lake.language_file("neuron_counts", *key, task.lang))
         if matrices:
             sim = similarity_table(*key, task.pivot, task.lang, matrices)
-            files.append(lake.write("similarity", sim, lake.language_file("similarity", *key, task.lang, task.pivot)))
+            lake.write("similarity", sim, lake.language_file("similarity", *key, task.lang, task.pivot))
         lake.mark_done(*key, task.pivot, task.lang, task.fingerprint, {"n_sentences": len(task.texts)})
-        return files

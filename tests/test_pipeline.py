@@ -139,3 +139,20 @@ def test_two_actors_share_the_pivot_and_agree_with_one(ray_session, tiny_job, tm
     for ra, rb in zip(a, b, strict=True):
         assert ra[:4] == rb[:4]
         np.testing.assert_allclose(ra[4], rb[4], rtol=1e-5, atol=1e-6)  # 1 vs 2 threads: float32 order
+
+
+def test_background_write_errors_surface_with_the_language(tmp_path, monkeypatch):
+    from neuronxa_ray.worker import LanguageTask, LanguageWorker, WorkerSettings
+
+    save_tiny("llama", tmp_path / "model")
+    worker = LanguageWorker(ModelSpec(model=str(tmp_path / "model")), WorkerSettings(lake=str(tmp_path / "lake")))
+    task = LanguageTask("tiny", "main", "eng", "eng", ["0", "1"], TEXTS["eng"][:2], "fp")
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Lake, "write", disk_full)
+    worker.process(task)  # returns at once: the write runs in the background
+    with pytest.raises(RuntimeError, match="writing language 'eng' to the lake failed: disk full"):
+        worker.flush()
+    assert not Lake(tmp_path / "lake").is_done("tiny", "main", "eng", "eng", "fp")
