@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from neuronxa_ray import __version__
@@ -200,6 +201,10 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
     if needs_conversion(spec):  # once, here, rather than in every actor at the same time
         log.warning("first use of %s: de-quantising the GGUF once into the cache (a minute or two)", spec.model)
         materialize_gguf(*resolve_source(spec))
+    # The tokenizer loads (seconds, for large vocabularies) while Ray starts and the actors load the model.
+    tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+    tokenizer_future = tokenizer_pool.submit(load_tokenizer, spec)
+    tokenizer_pool.shutdown(wait=False)
     ray = _init_ray(ray_address)
     n_actors, options = _actor_resources(ray, job)
     n_actors = min(n_actors, len(todo))
@@ -208,7 +213,7 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
     actors = [Actor.remote(spec, settings, int(options["num_cpus"])) for _ in range(n_actors)]
     try:
         # Tokenize here while the actors load the model: CPU work off the accelerators, overlapped with start-up.
-        tokenizer = load_tokenizer(spec)
+        tokenizer = tokenizer_future.result()
         for lang in todo:
             tasks[lang].token_ids = tokenize(tokenizer, tasks[lang].texts, job.max_length)
         info = ray.get([a.describe.remote() for a in actors])[0]

@@ -22,7 +22,6 @@ from neuronxa_ray.models import LoadedModel, tokenize
 log = logging.getLogger(__name__)
 
 METHODS = ("nas", "nav", "hidden", "hidden_last")
-NEURON_METHODS = ("nas", "nav")
 
 
 @dataclass
@@ -40,10 +39,6 @@ class LanguageStates:
 
     def state(self, method: str) -> torch.Tensor:
         return getattr(self, method)
-
-    def to(self, device: torch.device | str) -> LanguageStates:
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
-        return LanguageStates(**moved)
 
 
 def pad_batch(ids: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,8 +120,6 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
 }
 
-TABLES = tuple(SCHEMAS)
-
 # Per-table Parquet options. The float64 cosines compress 30% smaller split into byte streams (BSS needs the
 # column's dictionary encoding off); DuckDB, polars and pyarrow read BSS for FLOAT and DOUBLE.
 WRITE_OPTIONS: dict[str, dict] = {
