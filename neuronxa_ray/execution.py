@@ -120,7 +120,9 @@ class _ActorBody:
 
     def __init__(self, spec, settings: WorkerSettings, threads: int) -> None:
         import torch
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # its bars would interleave with the driver's through Ray's log stream
         torch.set_num_threads(max(1, threads))
         self.worker = LanguageWorker(spec, settings, with_tokenizer=False)  # the driver tokenizes
 
