@@ -113,12 +113,12 @@ def _where(**filters) -> tuple[str, list]:
 def print_scores(con, model=None, checkpoint=None, pivot=None, per_layer=False, out=None) -> None:
     """Language x method table (layer-mean scores), one block per model/checkpoint/pivot."""
     out = out or sys.stdout
-    where, params = _where(model=model, checkpoint=checkpoint, pivot=pivot)
+    where, params = _where(model=model, checkpoint=checkpoint, pivot_lang=pivot)
     view = "alignment" if per_layer else "alignment_summary"
     value = "score" if per_layer else "score_mean"
     extra = ", layer" if per_layer else ""
     rows = con.execute(
-        f'SELECT model, checkpoint, "pivot", lang{extra}, method, {value} FROM {view}{where}', params
+        f"SELECT model, checkpoint, pivot_lang, lang{extra}, method, {value} FROM {view}{where}", params
     ).fetchall()
     if not rows:
         print("no scores in the lake yet (run a job first)", file=out)

@@ -27,7 +27,7 @@ from typing import Any
 
 from neuronxa_ray import __version__
 from neuronxa_ray.config import Checkpoint, JobConfig
-from neuronxa_ray.lake import Lake, slug
+from neuronxa_ray.lake import SCHEMA_VERSION, Lake, slug
 from neuronxa_ray.readers import ParallelCorpus
 from neuronxa_ray.worker import LanguageTask, LanguageWorker, WorkerSettings
 
@@ -300,7 +300,7 @@ def _runs_row(job, checkpoint, corpus, info, results, started, finished, wall_s,
         "checkpoint": checkpoint.name,
         "revision": checkpoint.revision,
         "step": checkpoint.step,
-        "pivot": job.pivot,
+        "pivot_lang": job.pivot,
         "languages": corpus.languages,
         "n_languages": n_langs,
         "n_languages_computed": len(results),
@@ -322,7 +322,7 @@ def _runs_row(job, checkpoint, corpus, info, results, started, finished, wall_s,
         "n_tokens": sum(r.n_tokens for r in results),
         "sentences_per_s": n_sent / max(wall_s - startup_s, 1e-9),
         "code_version": _code_version(),
-        "schema_version": "1",
+        "schema_version": SCHEMA_VERSION,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "config_json": json.dumps(job.to_dict(), default=str, sort_keys=True),

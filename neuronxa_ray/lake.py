@@ -4,10 +4,10 @@ Layout (hive-style directories; every file also carries its model/checkpoint/lan
 read by pyarrow or polars is self-describing):
     {lake}/sentence_states/model={m}/checkpoint={c}/lang={l}/part-0.parquet
     {lake}/neuron_counts/model={m}/checkpoint={c}/lang={l}/part-0.parquet
-    {lake}/similarity/model={m}/checkpoint={c}/pivot={p}/lang={l}/part-0.parquet
+    {lake}/similarity/model={m}/checkpoint={c}/pivot_lang={p}/lang={l}/part-0.parquet
     {lake}/runs/model={m}/checkpoint={c}/{run_id}.parquet
     {lake}/benchmarks/{name}.parquet            (downstream results imported by `neuronxa-ray import-benchmarks`)
-    {lake}/_done/model={m}/checkpoint={c}/pivot={p}/lang={l}.json   (written last: that language is complete)
+    {lake}/_done/model={m}/checkpoint={c}/pivot_lang={p}/lang={l}.json   (written last: that language is complete)
 Every file is written under a temporary name and renamed into place, so readers never see a partial file.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: the pivot column is pivot_lang (pivot is a DuckDB keyword)
 METADATA_KEY = b"neuronxa_ray.schema_version"
 
 
@@ -65,7 +65,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         "similarity",
         [
             *_KEYS,
-            pa.field("pivot", pa.string(), False),
+            pa.field("pivot_lang", pa.string(), False),
             pa.field("lang", pa.string(), False),
             pa.field("method", pa.string(), False),
             pa.field("layer", pa.int16(), False),
@@ -80,7 +80,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             *_KEYS,
             pa.field("revision", pa.string()),
             pa.field("step", pa.int64()),
-            pa.field("pivot", pa.string(), False),
+            pa.field("pivot_lang", pa.string(), False),
             pa.field("languages", pa.list_(pa.string()), False),
             pa.field("n_languages", pa.int32(), False),
             pa.field("n_languages_computed", pa.int32(), False),  # the rest were complete already
@@ -124,7 +124,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 # column's dictionary encoding off); DuckDB, polars and pyarrow read BSS for FLOAT and DOUBLE.
 WRITE_OPTIONS: dict[str, dict] = {
     "similarity": {
-        "use_dictionary": ["model", "checkpoint", "pivot", "lang", "method"],
+        "use_dictionary": ["model", "checkpoint", "pivot_lang", "lang", "method"],
         "use_byte_stream_split": ["cosine.list.element"],
     },
 }
@@ -160,11 +160,11 @@ class Lake:
         return path
 
     def language_file(self, table: str, model: str, checkpoint: str, lang: str, pivot: str | None = None) -> Path:
-        extra = {"pivot": pivot} if table == "similarity" else {}
+        extra = {"pivot_lang": pivot} if table == "similarity" else {}
         return self._partition(table, model, checkpoint, **extra, lang=lang) / "part-0.parquet"
 
     def done_marker(self, model: str, checkpoint: str, pivot: str, lang: str) -> Path:
-        return self._partition("_done", model, checkpoint, pivot=pivot).joinpath(f"lang={slug(lang)}.json")
+        return self._partition("_done", model, checkpoint, pivot_lang=pivot).joinpath(f"lang={slug(lang)}.json")
 
     def is_done(self, model: str, checkpoint: str, pivot: str, lang: str, fingerprint: str) -> bool:
         marker = self.done_marker(model, checkpoint, pivot, lang)
@@ -296,7 +296,7 @@ def similarity_table(
     return {
         "model": pa.array([model] * rows, pa.string()),
         "checkpoint": pa.array([checkpoint] * rows, pa.string()),
-        "pivot": pa.array([pivot] * rows, pa.string()),
+        "pivot_lang": pa.array([pivot] * rows, pa.string()),
         "lang": pa.array([lang] * rows, pa.string()),
         "method": pa.array(np.concatenate(methods), pa.string()),
         "layer": np.concatenate(layers),

@@ -1,16 +1,19 @@
-"""DuckDB over the lake: raw views on the Parquet files, then the analysis views defined in sql/*.sql."""
+"""DuckDB over the lake: raw views on the Parquet files, then the analysis views defined in sql/*.sql.
+
+The .sql files live at the repository's top level (sql/) and install as the package `neuronxa_ray.views`; they
+are read with importlib.resources, so an installed wheel finds them wherever it lives.
+"""
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
 from neuronxa_ray.lake import SCHEMAS, Lake
-
-SQL_DIR = Path(os.environ.get("NEURONXA_RAY_SQL_DIR", Path(__file__).resolve().parent.parent / "sql"))
 
 RAW_TABLES = ("sentence_states", "neuron_counts", "similarity", "runs", "benchmarks")
 
@@ -19,11 +22,18 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def sql_files() -> list[Path]:
-    files = sorted(SQL_DIR.glob("*.sql"))
-    if not files:
-        raise FileNotFoundError(f"no SQL files in {SQL_DIR} (set NEURONXA_RAY_SQL_DIR to the repository's sql/)")
-    return files
+def sql_texts() -> list[tuple[str, str]]:
+    """(file name, SQL text) of every view file, in name order. NEURONXA_RAY_SQL_DIR overrides (for development)."""
+    override = os.environ.get("NEURONXA_RAY_SQL_DIR")
+    if override:
+        files = sorted(Path(override).glob("*.sql"))
+        texts = [(f.name, f.read_text(encoding="utf-8")) for f in files]
+    else:
+        root = resources.files("neuronxa_ray.views")
+        texts = sorted((f.name, f.read_text(encoding="utf-8")) for f in root.iterdir() if f.name.endswith(".sql"))
+    if not texts:
+        raise FileNotFoundError("no SQL view files found (the package neuronxa_ray.views is empty)")
+    return texts
 
 
 def connect(lake_root: str | Path, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
@@ -40,6 +50,6 @@ def connect(lake_root: str | Path, database: str = ":memory:") -> duckdb.DuckDBP
         else:  # no files yet: an empty view with the table's columns, so every query still binds
             con.register(f"_empty_{table}", pa.table({f.name: pa.array([], f.type) for f in SCHEMAS[table]}))
             con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _empty_{table}")
-    for path in sql_files():
-        con.execute(path.read_text(encoding="utf-8"))
+    for _, text in sql_texts():
+        con.execute(text)
     return con

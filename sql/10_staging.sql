@@ -6,14 +6,14 @@
 CREATE OR REPLACE VIEW similarity_cells AS
 WITH cells AS (
     SELECT
-        model, checkpoint, "pivot", lang, method, layer,
+        model, checkpoint, pivot_lang, lang, method, layer,
         pivot_sentence AS i,
         unnest(range(len(cosine))) AS j,
         unnest(cosine) AS c
     FROM similarity
 )
 SELECT
-    model, checkpoint, "pivot", lang, method, layer, i, CAST(j AS INTEGER) AS j,
+    model, checkpoint, pivot_lang, lang, method, layer, i, CAST(j AS INTEGER) AS j,
     CASE WHEN isnan(c) THEN NULL ELSE c END AS cosine
 FROM cells;
 
@@ -22,7 +22,7 @@ FROM cells;
 CREATE OR REPLACE VIEW state_similarity_cells AS
 WITH cells AS (
     SELECT
-        p.model, p.checkpoint, p.lang AS "pivot", l.lang, p.method, p.layer,
+        p.model, p.checkpoint, p.lang AS pivot_lang, l.lang, p.method, p.layer,
         p.sentence AS i, l.sentence AS j,
         list_cosine_similarity(p.state, l.state) AS c
     FROM sentence_states AS p
@@ -31,6 +31,6 @@ WITH cells AS (
      AND p.lang <> l.lang
 )
 SELECT
-    model, checkpoint, "pivot", lang, method, layer, i, j,
+    model, checkpoint, pivot_lang, lang, method, layer, i, j,
     CASE WHEN isnan(c) THEN NULL ELSE CAST(c AS DOUBLE) END AS cosine
 FROM cells;

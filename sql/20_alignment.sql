@@ -9,7 +9,7 @@ WITH cells AS (
 ),
 row_best AS (
     SELECT
-        model, checkpoint, "pivot", lang, method, layer, i,
+        model, checkpoint, pivot_lang, lang, method, layer, i,
         max(cosine) FILTER (WHERE i = j) AS diagonal,
         max(cosine) FILTER (WHERE i <> j) AS row_rival
     FROM cells
@@ -17,22 +17,22 @@ row_best AS (
 ),
 column_best AS (
     SELECT
-        model, checkpoint, "pivot", lang, method, layer, j AS i,
+        model, checkpoint, pivot_lang, lang, method, layer, j AS i,
         max(cosine) FILTER (WHERE i <> j) AS column_rival
     FROM cells
     GROUP BY ALL
 )
 SELECT
-    r.model, r.checkpoint, r.pivot, r.lang, r.method, r.layer, r.i AS sentence,
+    r.model, r.checkpoint, r.pivot_lang, r.lang, r.method, r.layer, r.i AS sentence,
     r.diagonal, r.row_rival, c.column_rival,
     coalesce(r.diagonal > coalesce(r.row_rival, '-inf'::DOUBLE), false) AS row_hit,
     coalesce(r.diagonal > coalesce(c.column_rival, '-inf'::DOUBLE), false) AS column_hit
 FROM row_best AS r
-JOIN column_best AS c USING (model, checkpoint, "pivot", lang, method, layer, i);
+JOIN column_best AS c USING (model, checkpoint, pivot_lang, lang, method, layer, i);
 
 CREATE OR REPLACE MACRO alignment_of(cells_view) AS TABLE
 SELECT
-    model, checkpoint, method, "pivot", lang, CAST(layer AS INTEGER) AS layer,
+    model, checkpoint, method, pivot_lang, lang, CAST(layer AS INTEGER) AS layer,
     avg(CASE WHEN row_hit AND column_hit THEN 1.0 ELSE 0.0 END) AS score,
     CAST(count(*) AS INTEGER) AS n_sentences
 FROM mutual_nn(cells_view)
@@ -49,14 +49,14 @@ CREATE OR REPLACE VIEW alignment_from_states AS SELECT * FROM alignment_of('stat
 -- retrieval(model, checkpoint, method, pivot, lang, layer, direction, accuracy)
 CREATE OR REPLACE VIEW retrieval AS
 WITH directions AS (
-    SELECT model, checkpoint, method, "pivot", lang, layer, 'pivot_to_lang' AS direction, row_hit AS hit
+    SELECT model, checkpoint, method, pivot_lang, lang, layer, 'pivot_to_lang' AS direction, row_hit AS hit
     FROM mutual_nn
     UNION ALL
-    SELECT model, checkpoint, method, "pivot", lang, layer, 'lang_to_pivot' AS direction, column_hit AS hit
+    SELECT model, checkpoint, method, pivot_lang, lang, layer, 'lang_to_pivot' AS direction, column_hit AS hit
     FROM mutual_nn
 )
 SELECT
-    model, checkpoint, method, "pivot", lang, CAST(layer AS INTEGER) AS layer, direction,
+    model, checkpoint, method, pivot_lang, lang, CAST(layer AS INTEGER) AS layer, direction,
     avg(CASE WHEN hit THEN 1.0 ELSE 0.0 END) AS accuracy
 FROM directions
 GROUP BY ALL;
@@ -66,7 +66,7 @@ GROUP BY ALL;
 CREATE OR REPLACE VIEW alignment_summary AS
 WITH per_language AS (
     SELECT
-        model, checkpoint, method, "pivot", lang,
+        model, checkpoint, method, pivot_lang, lang,
         avg(score) AS score_mean,
         max(score) AS score_max,
         CAST(count(*) AS INTEGER) AS n_layers,
@@ -75,9 +75,9 @@ WITH per_language AS (
     GROUP BY ALL
 )
 SELECT
-    s.model, s.checkpoint, s.method, s.pivot, s.lang, s.score_mean, s.score_max,
+    s.model, s.checkpoint, s.method, s.pivot_lang, s.lang, s.score_mean, s.score_max,
     (SELECT min(a.layer) FROM alignment AS a
       WHERE a.model = s.model AND a.checkpoint = s.checkpoint AND a.method = s.method
-        AND a.pivot = s.pivot AND a.lang = s.lang AND a.score = s.score_max) AS best_layer,
+        AND a.pivot_lang = s.pivot_lang AND a.lang = s.lang AND a.score = s.score_max) AS best_layer,
     s.n_layers, s.n_sentences
 FROM per_language AS s;

@@ -11,12 +11,12 @@ QUALIFY row_number() OVER (PARTITION BY model, checkpoint ORDER BY finished_at D
 -- steps, by checkpoint name otherwise; lang '*' is the mean over the run's languages.
 CREATE OR REPLACE VIEW training_curve AS
 WITH per_language AS (
-    SELECT s.model, s.checkpoint, r.step, s.method, s.pivot, s.lang, s.score_mean
+    SELECT s.model, s.checkpoint, r.step, s.method, s.pivot_lang, s.lang, s.score_mean
     FROM alignment_summary AS s
     LEFT JOIN latest_runs AS r USING (model, checkpoint)
 ),
 overall AS (
-    SELECT model, checkpoint, step, method, "pivot", '*' AS lang, avg(score_mean) AS score_mean
+    SELECT model, checkpoint, step, method, pivot_lang, '*' AS lang, avg(score_mean) AS score_mean
     FROM per_language
     GROUP BY ALL
 )

@@ -5,7 +5,7 @@
 
 CREATE OR REPLACE VIEW correlation AS
 WITH pairs AS (
-    SELECT s.model, s.checkpoint, s.method, s.pivot, b.benchmark, s.lang, s.score_mean AS score, b.value
+    SELECT s.model, s.checkpoint, s.method, s.pivot_lang, b.benchmark, s.lang, s.score_mean AS score, b.value
     FROM alignment_summary AS s
     JOIN benchmarks AS b
       ON b.lang = s.lang
@@ -15,18 +15,18 @@ WITH pairs AS (
 ranked AS (
     SELECT
         *,
-        (rank() OVER (PARTITION BY model, checkpoint, method, "pivot", benchmark ORDER BY score)
-         + count(*) OVER (PARTITION BY model, checkpoint, method, "pivot", benchmark)
-         - rank() OVER (PARTITION BY model, checkpoint, method, "pivot", benchmark ORDER BY score DESC) + 1) / 2.0
+        (rank() OVER (PARTITION BY model, checkpoint, method, pivot_lang, benchmark ORDER BY score)
+         + count(*) OVER (PARTITION BY model, checkpoint, method, pivot_lang, benchmark)
+         - rank() OVER (PARTITION BY model, checkpoint, method, pivot_lang, benchmark ORDER BY score DESC) + 1) / 2.0
             AS score_rank,
-        (rank() OVER (PARTITION BY model, checkpoint, method, "pivot", benchmark ORDER BY value)
-         + count(*) OVER (PARTITION BY model, checkpoint, method, "pivot", benchmark)
-         - rank() OVER (PARTITION BY model, checkpoint, method, "pivot", benchmark ORDER BY value DESC) + 1) / 2.0
+        (rank() OVER (PARTITION BY model, checkpoint, method, pivot_lang, benchmark ORDER BY value)
+         + count(*) OVER (PARTITION BY model, checkpoint, method, pivot_lang, benchmark)
+         - rank() OVER (PARTITION BY model, checkpoint, method, pivot_lang, benchmark ORDER BY value DESC) + 1) / 2.0
             AS value_rank
     FROM pairs
 )
 SELECT
-    model, checkpoint, method, "pivot", benchmark,
+    model, checkpoint, method, pivot_lang, benchmark,
     CAST(count(*) AS INTEGER) AS n_languages,
     corr(score, value) AS pearson,
     corr(score_rank, value_rank) AS spearman

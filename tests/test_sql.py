@@ -129,7 +129,7 @@ def test_alignment_and_retrieval_views_match_numpy(lake):
 def test_alignment_from_stored_states_agrees_with_device_matrices(lake):
     con = lake["con"]
     q = """SELECT a.method, a.lang, a.layer, a.score, s.score FROM alignment a
-           JOIN alignment_from_states s USING (model, checkpoint, method, "pivot", lang, layer)"""
+           JOIN alignment_from_states s USING (model, checkpoint, method, pivot_lang, lang, layer)"""
     rows = con.execute(q).fetchall()
     assert len(rows) == 2 * 2 * LAYERS
     for method, lang, layer, device_score, sql_score in rows:
@@ -142,7 +142,7 @@ def test_any_pivot_from_states_matches_reference(lake):
     con = lake["con"]
     states = lake["states"]
     rows = con.execute(
-        """SELECT method, layer, score FROM alignment_from_states WHERE "pivot" = 'fra' AND lang = 'deu'"""
+        """SELECT method, layer, score FROM alignment_from_states WHERE pivot_lang = 'fra' AND lang = 'deu'"""
     ).fetchall()
     assert len(rows) == 2 * LAYERS
     for method, layer, score in rows:
@@ -266,7 +266,7 @@ def test_runs_latest_and_training_curve(lake, tmp_path):
             model=MODEL,
             checkpoint=ckpt,
             step=step,
-            pivot="eng",
+            pivot_lang="eng",
             languages=LANGS,
             n_languages=3,
             n_languages_computed=3,
@@ -276,7 +276,7 @@ def test_runs_latest_and_training_curve(lake, tmp_path):
             finished_at=dt.datetime(2026, 1, 1, 0, finished, tzinfo=dt.timezone.utc),
             wall_s=1.0,
             code_version="t",
-            schema_version="1",
+            schema_version="2",
             config_json="{}",
         )
         return row
