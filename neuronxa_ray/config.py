@@ -1,26 +1,36 @@
 """Job files: YAML -> validated JobConfig. CLI flags override YAML, YAML overrides defaults.
 
-Minimal job (see DESIGN.md):
+Minimal job:
     model: path/or/hub-id          # or package:<module> for a model a Python package ships
     data: {path: dir/, ext: .txt}  # or path: bundled:udhr; or a .tsv/.jsonl file of (id, lang, text)
     pivot: eng
-Relative paths are taken from the current directory.
+Relative paths are taken from the current directory. Every field is typed: a YAML value of another type (the
+string "false" for a boolean, `true` for a number) is an error naming the file, the field, the value and what is
+allowed. Fields whose metadata says `fingerprint` change the numbers a run produces: the planner derives a
+checkpoint's fingerprint from exactly those (plus the weights and the data), so the list is never hand-kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import glob
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.models import HOOK_SITES, ModelSpec
 from neuronxa_ray.readers import BUNDLED_UDHR, ParallelCorpus, read_corpus
 
 STATE_DTYPES = ("float32", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+FINGERPRINT = {"fingerprint": True}  # field metadata: this setting changes the numbers
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,25 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class CheckpointGlob:
+    """Checkpoints given as a pattern (`checkpoints: {glob: "ckpts/checkpoint-*"}`): every matching directory, its
+    step parsed from the last number in its name. Resolved anew each time (the watch command polls it)."""
+
+    pattern: str
+
+    def resolve(self) -> list[Checkpoint]:
+        found = [Path(p) for p in glob.glob(self.pattern) if Path(p).is_dir()]
+        out = [Checkpoint(name=p.name, model=str(p.resolve()), step=step_from_name(p.name)) for p in found]
+        return sorted(out, key=lambda c: (c.step is None, c.step or 0, c.name))
+
+
+def step_from_name(name: str) -> int | None:
+    """The training step in a checkpoint name: the last run of digits (`checkpoint-1500` -> 1500)."""
+    digits = re.findall(r"\d+", name)
+    return int(digits[-1]) if digits else None
+
+
+@dataclass(frozen=True)
 class DataSpec:
     path: str
     ext: str = ".txt"
@@ -43,7 +72,7 @@ class DataSpec:
         if self.path.startswith("bundled:"):
             name = self.path.removeprefix("bundled:")
             if name != "udhr":
-                raise ValueError(f"data.path {self.path!r}: the bundled samples are ['bundled:udhr']")
+                raise NeuronxaError(f"data.path {self.path!r}: the bundled samples are ['bundled:udhr']")
             return BUNDLED_UDHR
         return Path(self.path)
 
@@ -54,23 +83,26 @@ class JobConfig:
     data: DataSpec
     pivot: str = "eng"
     languages: list[str] | None = None
-    n_sentences: int = 100
+    n_sentences: int = field(default=100, metadata=FINGERPRINT)
     lake: str = "lake"
     name: str | None = None  # the model's name in the lake (default: model)
     revision: str | None = None
-    checkpoints: list[Checkpoint] = field(default_factory=list)
-    gguf_file: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    hook_site: str = "act"
-    ffn_module: str | None = None
-    layers_module: str | None = None
+    checkpoints: list[Checkpoint] | CheckpointGlob = field(default_factory=list)
+    gguf_file: str | None = field(default=None, metadata=FINGERPRINT)
+    dtype: str = field(default="auto", metadata=FINGERPRINT)
+    device: str = field(default="auto", metadata=FINGERPRINT)
+    hook_site: str = field(default="act", metadata=FINGERPRINT)
+    ffn_module: str | None = field(default=None, metadata=FINGERPRINT)
+    layers_module: str | None = field(default=None, metadata=FINGERPRINT)
     trust_remote_code: bool = False
-    batch_size: int = 16
-    max_length: int | None = 512
+    batch_size: int = 16  # padding is masked: the batch changes float rounding only, not a result
+    max_length: int | None = field(default=512, metadata=FINGERPRINT)
     num_actors: int | None = None  # default: one per GPU, else 1
-    state_dtype: str = "float32"
+    gpus_per_actor: int = 1  # a model that needs k GPUs is spread over them with device_map
+    state_dtype: str = field(default="float32", metadata=FINGERPRINT)
     store_states: bool = True
+    max_attempts: int = 3  # a unit whose actor or node dies is retried elsewhere up to this many times
+    placement_timeout_s: float = 60.0  # actors not placed by then: an error naming what was asked and what exists
     source: str = "<job>"  # where the job came from, for error messages
 
     @property
@@ -91,6 +123,8 @@ class JobConfig:
         )
 
     def resolved_checkpoints(self) -> list[Checkpoint]:
+        if isinstance(self.checkpoints, CheckpointGlob):
+            return self.checkpoints.resolve()
         if self.checkpoints:
             return list(self.checkpoints)
         return [Checkpoint(name=self.revision or "main", model=self.model, revision=self.revision)]
@@ -98,6 +132,10 @@ class JobConfig:
     def load_corpus(self) -> ParallelCorpus:
         corpus = read_corpus(self.data.resolved_path(), ext=self.data.ext, fmt=self.data.format)
         return corpus.select(self.pivot, self.languages, self.n_sentences)
+
+    def fingerprint_settings(self) -> dict[str, Any]:
+        """The settings that change numbers (fields marked FINGERPRINT), by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("fingerprint")}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,48 +146,111 @@ _DATA_FIELDS = {"path", "ext", "format"}
 _CHECKPOINT_FIELDS = {"name", "revision", "path", "step"}
 
 
-def _err(source: str, key: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"{source}: field {key!r} = {value!r}: {allowed}")
+def _err(source: str, key: str, value: Any, allowed: str) -> NeuronxaError:
+    return NeuronxaError(f"{source}: field {key!r} = {value!r}: {allowed}")
 
 
 def _unknown(source: str, where: str, keys: set[str], allowed: set[str]) -> None:
-    for key in sorted(keys - allowed):
-        hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+    for key in sorted(keys - allowed, key=str):
+        hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
         extra = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ValueError(f"{source}: unknown field {where}{key!r}{extra} (allowed: {sorted(allowed)})")
+        raise NeuronxaError(f"{source}: unknown field {where}{key!r}{extra} (allowed: {sorted(allowed)})")
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    return {str: "a string", int: "a whole number", bool: "true or false", float: "a number"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a YAML value has the declared type. Booleans are never numbers; whole numbers are floats too."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True  # structured fields (data, checkpoints) are checked by their own parsers
+
+
+_HINTS = typing.get_type_hints(JobConfig)
 
 
 def _checkpoint(source: str, model: str, entry: Any, index: int) -> Checkpoint:
     key = f"checkpoints[{index}]"
-    if isinstance(entry, (str, int)):
+    if isinstance(entry, (str, int)) and not isinstance(entry, bool):
         entry = str(entry)
         if Path(entry).is_dir():
-            return Checkpoint(name=Path(entry).name, model=entry)
+            return Checkpoint(name=Path(entry).name, model=str(Path(entry).resolve()), step=step_from_name(entry))
         return Checkpoint(name=entry, model=model, revision=entry)
     if not isinstance(entry, dict):
         raise _err(source, key, entry, "must be a revision, a directory, or {name, revision, path, step}")
     _unknown(source, f"{key}.", set(entry), _CHECKPOINT_FIELDS)
+    for sub in ("name", "revision", "path"):
+        if entry.get(sub) is not None and not isinstance(entry[sub], str):
+            raise _err(source, f"{key}.{sub}", entry[sub], "must be a string")
     path, revision = entry.get("path"), entry.get("revision")
     name = entry.get("name") or revision or (Path(path).name if path else None)
     if not name:
         raise _err(source, key, entry, "needs a name, a revision or a path")
     step = entry.get("step")
-    if step is not None and not isinstance(step, int):
+    if step is not None and not _matches(step, int):
         raise _err(source, f"{key}.step", step, "must be an integer training step")
-    return Checkpoint(name=str(name), model=str(path or model), revision=revision, step=step)
+    model_path = str(Path(path).resolve()) if path and Path(path).exists() else path
+    return Checkpoint(name=str(name), model=str(model_path or model), revision=revision, step=step)
+
+
+def _checkpoints(source: str, model: str, raw: Any) -> list[Checkpoint] | CheckpointGlob:
+    if raw is None:
+        return []
+    if isinstance(raw, dict):
+        _unknown(source, "checkpoints.", set(raw), {"glob"})
+        if not isinstance(raw.get("glob"), str) or not raw["glob"]:
+            raise _err(
+                source, "checkpoints.glob", raw.get("glob"), "must be a path pattern such as 'ckpts/checkpoint-*'"
+            )
+        return CheckpointGlob(raw["glob"])
+    if not isinstance(raw, list):
+        raise _err(source, "checkpoints", raw, "must be a list, or {glob: PATTERN}")
+    return [_checkpoint(source, model, c, i) for i, c in enumerate(raw)]
 
 
 def job_from_dict(raw: dict[str, Any], source: str = "<job>", overrides: dict[str, Any] | None = None) -> JobConfig:
     """Validate a job mapping (plus CLI overrides, which win) into a JobConfig."""
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: a job file must be a YAML mapping, got {type(raw).__name__}")
+        raise NeuronxaError(f"{source}: a job file must be a YAML mapping, got {type(raw).__name__}")
     raw = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     _unknown(source, "", set(raw), _FIELDS)
     for required in ("model", "data"):
         if required not in raw:
-            raise ValueError(f"{source}: missing required field {required!r}")
+            raise NeuronxaError(f"{source}: missing required field {required!r}")
+    for key, value in raw.items():
+        if key in ("data", "checkpoints"):
+            continue
+        if key == "lake" and isinstance(value, Path):
+            raw[key] = value = str(value)
+        if not _matches(value, _HINTS[key]):
+            raise _err(source, key, value, f"must be {_type_name(_HINTS[key])}")
     model = raw["model"]
-    if not isinstance(model, str) or not model:
+    if not model:
         raise _err(source, "model", model, "must be a hub id, a directory, a .gguf path or package:<module>")
     data = raw["data"]
     if isinstance(data, str):
@@ -157,14 +258,16 @@ def job_from_dict(raw: dict[str, Any], source: str = "<job>", overrides: dict[st
     if not isinstance(data, dict) or "path" not in data:
         raise _err(source, "data", data, "must be a mapping with at least 'path'")
     _unknown(source, "data.", set(data), _DATA_FIELDS)
+    for sub in ("path", "ext"):
+        if sub in data and (not isinstance(data[sub], str) or not data[sub]):
+            raise _err(source, f"data.{sub}", data[sub], "must be a non-empty string")
     if data.get("format") not in (None, "tsv", "jsonl"):
         raise _err(source, "data.format", data["format"], "must be 'tsv' or 'jsonl' (or absent for a directory)")
     kwargs = {k: v for k, v in raw.items() if k not in ("data", "checkpoints")}
-    kwargs["data"] = DataSpec(path=str(data["path"]), ext=str(data.get("ext", ".txt")), format=data.get("format"))
-    checkpoints = raw.get("checkpoints") or []
-    if not isinstance(checkpoints, list):
-        raise _err(source, "checkpoints", checkpoints, "must be a list")
-    kwargs["checkpoints"] = [_checkpoint(source, model, c, i) for i, c in enumerate(checkpoints)]
+    if isinstance(kwargs.get("placement_timeout_s"), int):
+        kwargs["placement_timeout_s"] = float(kwargs["placement_timeout_s"])
+    kwargs["data"] = DataSpec(path=data["path"], ext=data.get("ext", ".txt"), format=data.get("format"))
+    kwargs["checkpoints"] = _checkpoints(source, model, raw.get("checkpoints"))
     job = JobConfig(**kwargs, source=source)
     _validate(job)
     return job
@@ -172,39 +275,47 @@ def job_from_dict(raw: dict[str, Any], source: str = "<job>", overrides: dict[st
 
 def _validate(job: JobConfig) -> None:
     s = job.source
-    if not isinstance(job.pivot, str) or not job.pivot:
+    if not job.pivot:
         raise _err(s, "pivot", job.pivot, "must be a language code such as 'eng'")
-    if job.languages is not None and (
-        not isinstance(job.languages, list) or not all(isinstance(x, str) for x in job.languages)
-    ):
-        raise _err(s, "languages", job.languages, "must be a list of language codes")
-    for key in ("n_sentences", "batch_size"):
-        value = getattr(job, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise _err(s, key, value, "must be a whole number >= 1")
+    if job.languages is not None:
+        if not job.languages:
+            raise _err(s, "languages", job.languages, "must name at least one language (leave it out for all)")
+        if not all(job.languages):
+            raise _err(s, "languages", job.languages, "language codes must be non-empty")
+    for key in ("n_sentences", "batch_size", "max_attempts", "gpus_per_actor"):
+        if getattr(job, key) < 1:
+            raise _err(s, key, getattr(job, key), "must be a whole number >= 1")
     if job.n_sentences < 2:
         raise _err(s, "n_sentences", job.n_sentences, "must be >= 2 (scores compare sentences with each other)")
-    if job.max_length is not None and (not isinstance(job.max_length, int) or job.max_length < 1):
+    if job.max_length is not None and job.max_length < 1:
         raise _err(s, "max_length", job.max_length, "must be a whole number >= 1 or null")
-    if job.num_actors is not None and (not isinstance(job.num_actors, int) or job.num_actors < 1):
+    if job.num_actors is not None and job.num_actors < 1:
         raise _err(s, "num_actors", job.num_actors, "must be a whole number >= 1 or null (auto)")
+    if job.placement_timeout_s <= 0:
+        raise _err(s, "placement_timeout_s", job.placement_timeout_s, "must be a number of seconds > 0")
     if job.hook_site not in HOOK_SITES:
         raise _err(s, "hook_site", job.hook_site, f"must be one of {list(HOOK_SITES)}")
-    if job.dtype not in ("auto", "float32", "bfloat16", "float16", "float64"):
-        raise _err(s, "dtype", job.dtype, "must be one of ['auto', 'float32', 'bfloat16', 'float16', 'float64']")
+    if job.dtype not in DTYPES:
+        raise _err(s, "dtype", job.dtype, f"must be one of {list(DTYPES)}")
     if job.state_dtype not in STATE_DTYPES:
         raise _err(s, "state_dtype", job.state_dtype, f"must be one of {list(STATE_DTYPES)}")
-    names = [c.name for c in job.resolved_checkpoints()]
-    if len(set(names)) != len(names):
-        raise _err(s, "checkpoints", names, "checkpoint names must be unique")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", job.device):
+        raise _err(s, "device", job.device, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if not job.lake:
+        raise _err(s, "lake", job.lake, "must be a directory or a URI such as s3://bucket/prefix")
+    if not isinstance(job.checkpoints, CheckpointGlob):
+        names = [c.name for c in job.resolved_checkpoints()]
+        if len(set(names)) != len(names):
+            raise _err(s, "checkpoints", names, "checkpoint names must be unique")
 
 
 def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"job file {str(file)!r} does not exist")
+        raise NeuronxaError(f"job file {str(file)!r} does not exist")
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ValueError(f"{file}: not valid YAML: {e}") from e
+        first = str(e).strip().splitlines()
+        raise NeuronxaError(f"{file}: not valid YAML: {' '.join(x.strip() for x in first)}") from e
     return job_from_dict(raw, source=str(file), overrides=overrides)

@@ -1,61 +1,640 @@
-"""Execution: run a job's languages through extractor actors on Ray (the only module that imports Ray).
+"""Execution on Ray (the only module that imports Ray): a pool of long-lived actors pulls units of work.
 
-Local Ray starts on demand; set RAY_ADDRESS (or run under `ray job submit`) to use an existing cluster. Nothing
-else in the package knows where it runs.
+A unit is one (model, checkpoint, language); planning.py decides which units a run needs. The scheduler here
+only places them:
+- an actor keeps its loaded checkpoint while units of it remain and prefers them; when its checkpoint runs out it
+  takes a checkpoint no one has started (about one load per checkpoint: loads <= checkpoints + actors), and the
+  next checkpoint's weights load into host memory while the current one computes (prefetch);
+- a checkpoint's pivot runs first; its states go to every actor once, through the object store (owned by the
+  driver, so they survive the node that computed them); units of other checkpoints run while one waits for its
+  pivot; with fewer checkpoints than actors, a checkpoint's languages spread over the actors;
+- a unit whose actor or node dies is retried on another actor (max_attempts), the dead actor is replaced when the
+  cluster has room, and work in flight on healthy actors is kept; a unit that fails by itself (bad data, a model
+  error) fails alone, and the run ends non-zero with a table of failed units; a rerun computes what is missing;
+- actors that cannot be placed within placement_timeout_s give an error naming what was asked and what the
+  cluster has; every attempt is a row in the lake's `attempts` table.
 
-Why plain actors rather than Ray Data's map_batches: the unit of work is a whole language, not a batch. Its
-per-neuron counters accumulate across its batches on one device, and its cosine matrices against the pivot need
-all of its sentences and the pivot's states together on that device. With map_batches a language's batches would
-scatter across actors and need a second, shuffling reduction stage that ships per-sentence states around; with
-actors each language streams through one model and only summaries leave it. The pivot is extracted first and its
-states go to every actor once, through the object store.
+Why actors rather than Ray Data's map_batches: a language's per-neuron counters accumulate across its batches on
+one device, and its cosine matrices against the pivot need all of its sentences and the pivot's states together
+on that device; actors stream each language through one model so only summaries leave it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
-import json
 import logging
 import os
+import socket
 import sys
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from neuronxa_ray import __version__
-from neuronxa_ray.config import Checkpoint, JobConfig
-from neuronxa_ray.lake import SCHEMA_VERSION, Lake, slug
-from neuronxa_ray.readers import ParallelCorpus
-from neuronxa_ray.worker import LanguageTask, LanguageWorker, WorkerSettings
+from neuronxa_ray.config import JobConfig
+from neuronxa_ray.errors import NeuronxaError
+from neuronxa_ray.lake import SCHEMA_VERSION, Lake
+from neuronxa_ray.planning import CheckpointPlan, plan_jobs
+from neuronxa_ray.worker import LanguageResult, LanguageTask, LanguageWorker, WorkerSettings, WriteOutcome
 
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 2  # per actor: one running, one queued, so an actor never waits for the driver
+ATTEMPTS_FLUSH_S = 30.0  # attempts rows reach the lake at least this often
 
 
-def fingerprint(job: JobConfig, checkpoint: Checkpoint, corpus: ParallelCorpus) -> str:
-    """Everything that changes a language's output; a completed language is skipped only if this matches."""
-    material = {
-        "checkpoint": dataclasses.asdict(checkpoint),
-        "gguf_file": job.gguf_file,
-        "hook_site": job.hook_site,
-        "ffn_module": job.ffn_module,
-        "dtype": job.dtype,
-        "max_length": job.max_length,
-        "state_dtype": job.state_dtype,
-        "store_states": job.store_states,
-        "ids": corpus.ids,
-        "pivot_text": corpus.sentences[job.pivot],
-        "schema": "1",
-    }
-    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
+@dataclass
+class RunOptions:
+    progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+    ray_address: str | None = None
+    force: bool = False  # recompute everything the jobs name
+    recompute: list[str] | None = None  # recompute these languages
+    worker_factory: Any = None  # a LanguageWorker-like class: tests and benchmarks plant their own
 
 
-def _lang_fingerprint(base: str, texts: list[str]) -> str:
-    return hashlib.sha256((base + "\n".join(texts)).encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class FailedUnit:
+    model: str
+    checkpoint: str
+    lang: str
+    attempts: int
+    error: str
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    runs: list[dict[str, Any]]  # one row per checkpoint that computed something
+    failed: list[FailedUnit]
+    n_units: int  # units the run had to compute
+    loads: int  # model loads over all actors
+    wall_s: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+# --------------------------------------------------------------------------------------------------- the actor
+
+
+class _Actor:
+    """One loaded checkpoint at a time (plus, at most, the next one prefetched into host memory)."""
+
+    def __init__(self, threads: int, factory: Any = None) -> None:
+        import torch
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its bars would interleave with the driver's through Ray's log stream
+        hf_logging.set_verbosity_error()
+        torch.set_num_threads(max(1, threads))
+        self.factory = factory or LanguageWorker
+        self.worker = None
+        self.key: int | None = None
+        self.prefetched: dict[int, Future] = {}
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self.loads = 0
+
+    def ready(self) -> dict:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        return {"node": f"{socket.gethostname()}/{node[:8]}", "pid": os.getpid()}
+
+    def warm(self, key: int, spec, settings: WorkerSettings) -> list[WriteOutcome]:
+        """Load the checkpoint `key` (if it is not the loaded one); return the writes this confirmed."""
+        if key == self.key:
+            return []
+        confirmed = []
+        if self.worker is not None:
+            confirmed = self.worker.collect()
+            self.worker.close()
+            self.worker = None
+        future = self.prefetched.pop(key, None)
+        self.prefetched.clear()  # a prefetch of another checkpoint is stale now
+        prefetched = None
+        if future is not None:
+            try:
+                prefetched = future.result()
+            except Exception:  # loading again below raises the error where the unit sees it
+                prefetched = None
+        self.worker = self.factory(spec, settings, with_tokenizer=False, prefetched=prefetched)
+        self.key = key
+        self.loads += 1
+        return confirmed
+
+    def process(self, key: int, spec, settings, task: LanguageTask, pivot_refs: list, prefetch: tuple | None):
+        import ray
+
+        confirmed = self.warm(key, spec, settings)
+        if prefetch is not None:
+            self._prefetch(*prefetch)
+        pivot = ray.get(pivot_refs[0]) if pivot_refs else None
+        result, states = self.worker.process(task, pivot)
+        result.confirmed = confirmed + result.confirmed
+        return result, states
+
+    def _prefetch(self, key: int, spec, settings) -> None:
+        if key == self.key or self.prefetched or not hasattr(self.factory, "prefetch"):
+            return
+        self.prefetched[key] = self._loader.submit(self.factory.prefetch, spec, settings)
+
+    def flush(self) -> list[WriteOutcome]:
+        return self.worker.collect() if self.worker is not None else []
+
+    def load_count(self) -> int:
+        return self.loads
+
+
+# ---------------------------------------------------------------------------------------------------- the pool
+
+
+@dataclass
+class _Slot:
+    """The driver's view of one actor."""
+
+    id: int
+    handle: Any
+    node: str = ""
+    key: int | None = None  # the checkpoint it has (or will have, after its queued units) loaded
+    inflight: list = field(default_factory=list)  # (ref, kind, unit): kind "unit" | "warm" | "flush"
+    unconfirmed: list = field(default_factory=list)  # units computed whose writes are not confirmed yet
+    alive: bool = True
+    loads: int = 0
+
+
+class ActorPool:
+    """Creates the actors, waits (up to a time limit) for them to be placed, and replaces dead ones."""
+
+    def __init__(self, ray, size: int, options: dict, threads: int, factory: Any, timeout_s: float) -> None:
+        self.ray = ray
+        self.options = options
+        self.threads = threads
+        self.factory = factory
+        self.timeout_s = timeout_s
+        self.size = size
+        self.slots: list[_Slot] = []
+        self.placing: dict[Any, tuple[_Slot, float]] = {}  # ready ref -> (slot, deadline)
+        self._cls = ray.remote(**options)(_Actor)
+
+    def _new(self) -> tuple[_Slot, Any]:
+        slot = _Slot(id=len(self.slots), handle=self._cls.remote(self.threads, self.factory))
+        self.slots.append(slot)
+        return slot, slot.handle.ready.remote()
+
+    def start(self) -> None:
+        refs = {}
+        for _ in range(self.size):
+            slot, ref = self._new()
+            refs[ref] = slot
+        ready, waiting = self.ray.wait(list(refs), num_returns=len(refs), timeout=self.timeout_s)
+        if waiting:
+            self.shutdown()
+            raise NeuronxaError(self.describe_shortfall(len(ready)))
+        for ref in ready:
+            refs[ref].node = self.ray.get(ref)["node"]
+
+    def replace(self, dead: _Slot) -> None:
+        slot, ref = self._new()
+        self.placing[ref] = (slot, time.monotonic() + self.timeout_s)
+        log.warning("actor %d lost (node %s); starting a replacement", dead.id, dead.node or "?")
+
+    def placed(self, ref) -> _Slot | None:
+        slot, _ = self.placing.pop(ref)
+        try:
+            slot.node = self.ray.get(ref)["node"]
+            return slot
+        except Exception as e:
+            log.warning("a replacement actor could not start: %s", str(e).splitlines()[0])
+            slot.alive = False
+            return None
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for ref, (slot, deadline) in list(self.placing.items()):
+            if now > deadline:
+                del self.placing[ref]
+                slot.alive = False
+                self.ray.kill(slot.handle)
+                log.warning(
+                    "no room for a replacement actor within %.0fs; going on with %d actor(s)",
+                    self.timeout_s,
+                    len(self.alive()),
+                )
+
+    def alive(self) -> list[_Slot]:
+        return [s for s in self.slots if s.alive and s.node]
+
+    def describe_shortfall(self, placed: int) -> str:
+        asked = {k: v for k, v in (("CPU", self.options.get("num_cpus")), ("GPU", self.options.get("num_gpus"))) if v}
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        shown, fit = [], 0
+        for n in nodes:
+            res = n.get("Resources", {})
+            shown.append(f"{n.get('NodeManagerAddress', '?')} (CPU {res.get('CPU', 0):g}, GPU {res.get('GPU', 0):g})")
+            fit += int(min(res.get(k, 0) // v for k, v in asked.items())) if asked else 0
+        return (
+            f"could not place {self.size} actor(s) of {asked} within {self.timeout_s:g}s ({placed} placed): "
+            f"the cluster has {len(nodes)} node(s): {'; '.join(shown)}; at most {fit} such actor(s) fit. "
+            "Set num_actors (or --num-actors) lower, gpus_per_actor, or placement_timeout_s for nodes still starting"
+        )
+
+    def shutdown(self) -> None:
+        for slot in self.slots:
+            with contextlib.suppress(Exception):  # already gone
+                self.ray.kill(slot.handle)
+
+
+# ------------------------------------------------------------------------------------------------ the scheduler
+
+
+@dataclass
+class _Unit:
+    plan: int
+    lang: str
+    attempts: int = 0
+    status: str = "pending"  # pending | running | written | done | failed
+    error: str | None = None
+    started: dt.datetime | None = None
+    node: str = ""
+    result: LanguageResult | None = None
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an error's message (of the original error, for one raised inside an actor)."""
+    cause = getattr(e, "cause", None) or e
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return (lines[0] if lines else type(cause).__name__)[:300]
+
+
+class Scheduler:
+    """Places units on the pool's actors until every unit is done or failed (see the module docstring)."""
+
+    def __init__(
+        self,
+        ray,
+        pool: ActorPool,
+        plans: list[CheckpointPlan],
+        tokens: dict[tuple[int, str], list[list[int]]],
+        run_id: str,
+        progress: bool | None,
+    ) -> None:
+        self.ray, self.pool, self.plans, self.tokens, self.run_id = ray, pool, plans, tokens, run_id
+        self.units = [_Unit(i, lang) for i, plan in enumerate(plans) for lang in plan.todo]
+        self.pending: dict[int, deque[_Unit]] = {i: deque() for i in range(len(plans))}
+        for unit in self.units:
+            self.pending[unit.plan].append(unit)
+        self.started: set[int] = set()  # plans with a unit submitted
+        self.reserved: dict[int, int] = {}  # fresh plan -> the slot that will take it next (prefetching it)
+        self.pivot_ref: dict[int, Any] = {}
+        self.pivot_failed: dict[int, str] = {}
+        self.states_refs: dict[int, Any] = {}
+        self.lakes = {i: Lake(p.job.lake) for i, p in enumerate(plans)}
+        self.attempt_rows: dict[str, list[dict]] = {}
+        self.attempt_parts: dict[str, int] = {}
+        self._last_attempts_flush = time.monotonic()
+        self.bar = _progress(len(self.units), progress)
+        self.finished = 0
+        for i, plan in enumerate(plans):
+            if plan.pivot not in plan.todo:  # the pivot is complete: its states come from the lake when needed
+                self.pivot_ref[i] = None
+
+    # ----- picking work
+    def _ready(self, pi: int) -> bool:
+        queue = self.pending[pi]
+        if not queue:
+            return False
+        return queue[0].lang == self.plans[pi].pivot or pi in self.pivot_ref
+
+    def _serving(self, pi: int) -> int:
+        return sum(1 for s in self.pool.alive() if s.key == pi)
+
+    def _fresh(self, pi: int) -> bool:
+        return pi not in self.started and bool(self.pending[pi])
+
+    def _pick(self, slot: _Slot) -> tuple[str, int] | None:
+        """('unit', plan) to submit the next unit of plan, ('warm', plan) to load it while its pivot runs."""
+        if slot.key is not None and self._ready(slot.key):
+            return ("unit", slot.key)
+        fresh = [pi for pi in self.pending if self._fresh(pi) and self.reserved.get(pi, slot.id) == slot.id]
+        if fresh:
+            return ("unit", fresh[0])
+        helpable = [pi for pi in self.pending if self._ready(pi) and pi != slot.key]
+        if helpable:  # the checkpoint with the most work per actor already on it
+            return ("unit", max(helpable, key=lambda pi: len(self.pending[pi]) / (1 + self._serving(pi))))
+        if slot.inflight:
+            return None
+        waiting = [pi for pi in self.pending if self.pending[pi] and pi != slot.key and pi in self.started]
+        waiting = [pi for pi in waiting if len(self.pending[pi]) > self._serving(pi)]
+        if waiting:
+            return ("warm", max(waiting, key=lambda pi: len(self.pending[pi])))
+        return None
+
+    def _prefetch_hint(self, slot: _Slot, pi: int) -> tuple | None:
+        """When this unit is its checkpoint's last, reserve the next fresh checkpoint for this actor to prefetch."""
+        if self.pending[pi]:
+            return None
+        for qi in self.pending:
+            if self._fresh(qi) and qi not in self.reserved:
+                self.reserved[qi] = slot.id
+                return (qi, self._spec(qi), self._settings(qi))
+        return None
+
+    def _spec(self, pi: int):
+        plan = self.plans[pi]
+        return dataclasses.replace(plan.spec, gpus=plan.job.gpus_per_actor)
+
+    def _settings(self, pi: int) -> WorkerSettings:
+        plan = self.plans[pi]
+        job = plan.job
+        return WorkerSettings(self.lakes[pi].uri, job.batch_size, plan.max_length, job.state_dtype, job.store_states)
+
+    def _pivot_refs(self, pi: int) -> list:
+        if self.pivot_ref.get(pi) is None:  # complete in the lake: read once, shared by every actor
+            plan = self.plans[pi]
+            states = self.lakes[pi].read_states(plan.job.model_name, plan.checkpoint.name, plan.pivot)
+            self.pivot_ref[pi] = self.ray.put(states)
+        return [self.pivot_ref[pi]]
+
+    def _task(self, unit: _Unit) -> LanguageTask:
+        plan = self.plans[unit.plan]
+        return LanguageTask(
+            plan.job.model_name,
+            plan.checkpoint.name,
+            plan.pivot,
+            unit.lang,
+            plan.corpus.ids,
+            plan.corpus.sentences[unit.lang],
+            plan.lang_fingerprints[unit.lang],
+            token_ids=self.tokens[(unit.plan, unit.lang)],
+            checkpoint_fingerprint=plan.fingerprint,
+            run_id=self.run_id,
+        )
+
+    def _fill(self) -> None:
+        for slot in self.pool.alive():
+            while len(slot.inflight) < MAX_IN_FLIGHT:
+                choice = self._pick(slot)
+                if choice is None:
+                    break
+                kind, pi = choice
+                if kind == "warm":
+                    ref = slot.handle.warm.remote(pi, self._spec(pi), self._settings(pi))
+                    slot.inflight.append((ref, "warm", None))
+                    self._switch(slot, pi)
+                    break
+                unit = self.pending[pi].popleft()
+                self.started.add(pi)
+                self.reserved.pop(pi, None)
+                unit.attempts += 1
+                unit.status, unit.started, unit.node = "running", _now(), slot.node
+                is_pivot = unit.lang == self.plans[pi].pivot
+                refs = slot.handle.process.options(num_returns=2).remote(
+                    pi,
+                    self._spec(pi),
+                    self._settings(pi),
+                    self._task(unit),
+                    [] if is_pivot else self._pivot_refs(pi),
+                    self._prefetch_hint(slot, pi),
+                )
+                if is_pivot:
+                    self.states_refs[pi] = refs[1]
+                slot.inflight.append((refs[0], "unit", unit))
+                self._switch(slot, pi)
+
+    def _switch(self, slot: _Slot, pi: int) -> None:
+        if slot.key != pi:
+            slot.key = pi
+            slot.loads += 1
+
+    # ----- events
+    def run(self) -> None:
+        try:
+            while not self._all_settled():
+                self._fill()
+                self._flush_idle()
+                refs = [ref for slot in self.pool.alive() for ref, _, _ in slot.inflight] + list(self.pool.placing)
+                if not refs:
+                    self._stalled()
+                    break
+                done, _ = self.ray.wait(refs, num_returns=1, timeout=1.0)
+                for ref in done:
+                    self._handle(ref)
+                self.pool.expire()
+                self._flush_attempts(force=False)
+        finally:
+            self.bar.close()
+            self._flush_attempts(force=True)
+
+    def _all_settled(self) -> bool:
+        return all(u.status in ("done", "failed") for u in self.units)
+
+    def _stalled(self) -> None:
+        """Nothing in flight and nothing placeable: fail what remains rather than wait forever."""
+        why = (
+            "no actor left to run it (actors lost and no room for replacements)"
+            if not self.pool.alive()
+            else "nothing could run it (a bug: please report)"
+        )
+        for unit in self.units:
+            if unit.status not in ("done", "failed"):
+                self._fail(unit, why)
+
+    def _flush_idle(self) -> None:
+        """Actors with nothing left to do confirm their last writes."""
+        for slot in self.pool.alive():
+            if slot.unconfirmed and not slot.inflight:
+                slot.inflight.append((slot.handle.flush.remote(), "flush", None))
+
+    def _handle(self, ref) -> None:
+        if ref in self.pool.placing:
+            self.pool.placed(ref)
+            return
+        slot, entry = next((s, e) for s in self.pool.slots for e in s.inflight if e[0] == ref)
+        slot.inflight.remove(entry)
+        _, kind, unit = entry
+        try:
+            value = self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as e:
+            transient = isinstance(getattr(e, "cause", None), self.ray.exceptions.RayError)
+            if kind == "unit" and transient:  # e.g. the pivot's states lost with a node: not the unit's fault
+                self._retry_or_fail(unit, _first_line(e), "lost")
+            elif kind == "unit":
+                self._unit_error(unit, _first_line(e))
+            elif kind == "warm":
+                slot.key = None  # the units will meet the error and fail with it
+            else:
+                self._actor_lost(slot, _first_line(e))
+            return
+        except Exception as e:  # the actor or its node is gone (RayActorError, ObjectLostError, ...)
+            self._actor_lost(slot, f"{type(e).__name__}: {_first_line(e)}")
+            return
+        if kind == "unit":
+            result: LanguageResult = value
+            self._confirm(slot, result.confirmed)
+            unit.status, unit.result = "written", result
+            slot.unconfirmed.append(unit)
+            if unit.lang == self.plans[unit.plan].pivot:
+                try:  # re-own the pivot's states in the driver: they outlive the node that computed them
+                    self.pivot_ref[unit.plan] = self.ray.put(self.ray.get(self.states_refs.pop(unit.plan)))
+                except Exception as e:
+                    self._actor_lost(slot, f"pivot states lost: {_first_line(e)}")
+                    return
+            self.finished += 1
+            self.bar.set_postfix_str(f"{self.plans[unit.plan].checkpoint.name} {unit.lang}", refresh=False)
+            if not self.bar.disable:
+                return
+            log.info(
+                "[%d/%d] %s %s: %d sentences, %d tokens in %.1fs on %s (attempt %d)",
+                self.finished,
+                len(self.units),
+                self.plans[unit.plan].label,
+                unit.lang,
+                result.n_sentences,
+                result.n_tokens,
+                result.extract_s,
+                slot.node,
+                unit.attempts,
+            )
+        else:
+            self._confirm(slot, value)
+
+    def _confirm(self, slot: _Slot, outcomes: list[WriteOutcome]) -> None:
+        for outcome in outcomes:
+            unit = next(
+                (
+                    u
+                    for u in slot.unconfirmed
+                    if u.lang == outcome.lang and self.plans[u.plan].key == (outcome.model_name, outcome.checkpoint)
+                ),
+                None,
+            )
+            if unit is None:
+                continue
+            slot.unconfirmed.remove(unit)
+            if outcome.error:
+                self._retry_or_fail(unit, f"writing to the lake failed: {outcome.error}", "failed")
+            else:
+                self._done(unit)
+        self._release_finished_plans()
+
+    def _done(self, unit: _Unit) -> None:
+        unit.status = "done"
+        self._attempt_row(unit, "ok", None)
+        self.bar.update(1)
+
+    def _unit_error(self, unit: _Unit, message: str) -> None:
+        """The unit's own error (bad data, a model error): it fails alone, and a failed pivot fails its checkpoint."""
+        self._attempt_row(unit, "failed", message)
+        self._fail(unit, message, record=False)
+        plan = self.plans[unit.plan]
+        if unit.lang == plan.pivot:
+            self.pivot_failed[unit.plan] = message
+            while self.pending[unit.plan]:
+                other = self.pending[unit.plan].popleft()
+                self._fail(other, f"the pivot {plan.pivot!r} failed: {message}")
+
+    def _actor_lost(self, slot: _Slot, reason: str) -> None:
+        if not slot.alive:
+            return
+        slot.alive = False
+        lost = [u for _, kind, u in slot.inflight if kind == "unit"] + slot.unconfirmed
+        slot.inflight, slot.unconfirmed = [], []
+        for unit in lost:
+            plan = self.plans[unit.plan]
+            if self.lakes[unit.plan].is_done(*plan.key, plan.pivot, unit.lang, plan.lang_fingerprints[unit.lang]):
+                self._done(unit)  # its files and marker made it to the lake before the actor died
+                continue
+            self._retry_or_fail(unit, f"actor lost: {reason}", "lost")
+        for pi, key_slot in list(self.reserved.items()):
+            if key_slot == slot.id:
+                del self.reserved[pi]
+        with contextlib.suppress(Exception):  # already gone
+            self.ray.kill(slot.handle)
+        if any(u.status == "pending" for u in self.units):
+            self.pool.replace(slot)
+        self._release_finished_plans()
+
+    def _retry_or_fail(self, unit: _Unit, message: str, status: str) -> None:
+        self._attempt_row(unit, status, message)
+        max_attempts = self.plans[unit.plan].job.max_attempts
+        if unit.attempts >= max_attempts:
+            self._fail(unit, f"{message} ({unit.attempts} attempts)", record=False)
+            return
+        log.warning("%s %s: %s; retrying", self.plans[unit.plan].label, unit.lang, message)
+        unit.status = "pending"
+        self.pending[unit.plan].appendleft(unit)
+        pivot = self.plans[unit.plan].pivot
+        if unit.lang != pivot:  # keep the pivot at the head of its queue
+            queue = self.pending[unit.plan]
+            piv = [u for u in queue if u.lang == pivot]
+            for u in piv:
+                queue.remove(u)
+                queue.appendleft(u)
+
+    def _fail(self, unit: _Unit, message: str, record: bool = True) -> None:
+        if record:
+            self._attempt_row(unit, "failed", message, finished_only=unit.started is None)
+        unit.status, unit.error = "failed", message
+        self.bar.update(1)
+
+    def _release_finished_plans(self) -> None:
+        """A checkpoint whose units are all settled no longer needs its pivot's states in the object store."""
+        for pi in list(self.pivot_ref):
+            if all(u.status in ("done", "failed") for u in self.units if u.plan == pi):
+                del self.pivot_ref[pi]
+
+    # ----- attempts
+    def _attempt_row(self, unit: _Unit, status: str, error: str | None, finished_only: bool = False) -> None:
+        plan = self.plans[unit.plan]
+        now = _now()
+        row = {
+            "run_id": self.run_id,
+            "model": plan.job.model_name,
+            "checkpoint": plan.checkpoint.name,
+            "lang": unit.lang,
+            "attempt": max(unit.attempts, 1),
+            "node": unit.node or None,
+            "device": unit.result.device if unit.result else None,
+            "started_at": now if finished_only else (unit.started or now),
+            "finished_at": now,
+            "status": status,
+            "error": error,
+        }
+        self.attempt_rows.setdefault(self.lakes[unit.plan].uri, []).append(row)
+
+    def _flush_attempts(self, force: bool) -> None:
+        if not force and time.monotonic() - self._last_attempts_flush < ATTEMPTS_FLUSH_S:
+            return
+        self._last_attempts_flush = time.monotonic()
+        for uri, rows in self.attempt_rows.items():
+            if rows:
+                part = self.attempt_parts.get(uri, 0)
+                try:
+                    Lake(uri).write_attempts(self.run_id, part, rows)
+                except Exception as e:  # bookkeeping must not end a run
+                    log.warning("could not write attempts to %s: %s", uri, e)
+                    continue
+                self.attempt_parts[uri] = part + 1
+                self.attempt_rows[uri] = []
+
+    def failed_units(self) -> list[FailedUnit]:
+        return [
+            FailedUnit(*self.plans[u.plan].key, u.lang, u.attempts, u.error or "")
+            for u in self.units
+            if u.status == "failed"
+        ]
+
+
+# ---------------------------------------------------------------------------------------------------- driving
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 def _progress(total: int, enabled: bool | None):
@@ -63,7 +642,7 @@ def _progress(total: int, enabled: bool | None):
 
     if enabled is None:
         enabled = sys.stderr.isatty() and not os.environ.get("CI")
-    return tqdm(total=total, unit="sent", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
+    return tqdm(total=total, unit="lang", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
 
 
 def _code_version() -> str:
@@ -103,218 +682,162 @@ def _init_ray(address: str | None):
     return ray
 
 
-def _actor_resources(ray, job: JobConfig) -> tuple[int, dict[str, float]]:
-    """(number of actors, ray options of each): one per GPU when the cluster has GPUs, else one CPU actor."""
+def _pool_shape(ray, job: JobConfig) -> tuple[int, dict[str, float], int]:
+    """(actors, ray options of each, torch threads of each): one per gpus_per_actor GPUs, else CPU actors."""
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0)) if job.device in ("auto",) or job.device.startswith("cuda") else 0
-    if gpus:
-        n = job.num_actors or gpus
-        return n, {"num_gpus": 1, "num_cpus": 1}
+    gpus = int(resources.get("GPU", 0))
+    if job.device.startswith("cuda") and not gpus:
+        raise NeuronxaError(
+            f"{job.source}: device {job.device!r} asked for, but the Ray cluster has no GPU "
+            f"(resources: {dict(sorted(resources.items()))})"
+        )
+    if gpus and job.device != "cpu":
+        n = job.num_actors or max(1, gpus // job.gpus_per_actor)
+        return n, {"num_gpus": job.gpus_per_actor, "num_cpus": 1}, 1
     n = job.num_actors or 1
-    cpus = max(1, int(resources.get("CPU", 1)) // n)
-    return n, {"num_gpus": 0, "num_cpus": cpus}
+    node_cpus = [int(x.get("Resources", {}).get("CPU", 0)) for x in ray.nodes() if x.get("Alive")]
+    cpus = max(1, min(max(node_cpus or [1]), int(resources.get("CPU", 1)) // n))
+    return n, {"num_gpus": 0, "num_cpus": cpus}, cpus
 
 
-class _ActorBody:
-    """The actor: a LanguageWorker plus pivot-state resolution from the object store."""
+def _tokenize_all(plans: list[CheckpointPlan], first_tokenizer: Future | None) -> dict[tuple[int, str], list]:
+    """Token ids of every unit, in the driver (CPU work off the accelerators); one tokenizer per distinct source."""
+    from neuronxa_ray.models import load_tokenizer
 
-    def __init__(self, spec, settings: WorkerSettings, threads: int) -> None:
-        import torch
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # its bars would interleave with the driver's through Ray's log stream
-        torch.set_num_threads(max(1, threads))
-        self.worker = LanguageWorker(spec, settings, with_tokenizer=False)  # the driver tokenizes
-
-    def describe(self) -> dict:
-        return self.worker.describe()
-
-    def process(self, task: LanguageTask, pivot_refs: list) -> tuple:
-        import ray
-
-        pivot = ray.get(pivot_refs[0]) if pivot_refs else None
-        return self.worker.process(task, pivot)
-
-    def flush(self) -> float:
-        return self.worker.flush()
+    tokenizers: dict[str, Any] = {}
+    by_text: dict[tuple[str, str, int | None], list] = {}
+    out = {}
+    for i, plan in enumerate(plans):
+        key = f"{plan.resolved.source}|{plan.resolved.identity.get('commit', '')}|{plan.resolved.gguf_file}"
+        if key not in tokenizers:
+            if first_tokenizer is not None:
+                tokenizers[key], first_tokenizer = first_tokenizer.result(), None
+            else:
+                tokenizers[key] = load_tokenizer(plan.spec)
+        for lang in plan.todo:
+            cache_key = (key, lang, plan.max_length)
+            if cache_key not in by_text:
+                by_text[cache_key] = _tokenize(tokenizers[key], plan, lang)
+            out[(i, lang)] = by_text[cache_key]
+    return out
 
 
-def run_job(
-    job: JobConfig,
-    lake_root: str | None = None,
-    progress: bool | None = None,
-    ray_address: str | None = None,
-) -> list[dict[str, Any]]:
-    """Run every checkpoint of the job; return the runs rows written (one per checkpoint that computed)."""
-    lake = Lake(lake_root or job.lake)
-    corpus = job.load_corpus()
-    rows = []
-    for checkpoint in job.resolved_checkpoints():
-        row = _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address)
-        if row is not None:
-            rows.append(row)
-    return rows
-
-
-def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dict | None:
-    started = dt.datetime.now(dt.timezone.utc)
-    t_start = time.perf_counter()
-    model_name = job.model_name
-    base = fingerprint(job, checkpoint, corpus)
-    langs = [job.pivot] + [lang for lang in corpus.languages if lang != job.pivot]
-    tasks = {
-        lang: LanguageTask(
-            model_name,
-            checkpoint.name,
-            job.pivot,
+def _tokenize(tokenizer, plan: CheckpointPlan, lang: str) -> list[list[int]]:
+    """Token ids with the tokenizer's default special tokens (as MEXA), cut at max_length with a warning."""
+    ids = tokenizer(plan.corpus.sentences[lang], add_special_tokens=True)["input_ids"]
+    if plan.max_length is None:
+        return ids
+    cut = sum(1 for x in ids if len(x) > plan.max_length)
+    if cut:
+        log.warning(
+            "%s %s: %d of %d sentences cut at max_length %d tokens",
+            plan.label,
             lang,
-            corpus.ids,
-            corpus.sentences[lang],
-            _lang_fingerprint(base, corpus.sentences[lang]),
+            cut,
+            len(ids),
+            plan.max_length,
         )
-        for lang in langs
-    }
-    todo = [
-        lang
-        for lang in langs
-        if not lake.is_done(model_name, checkpoint.name, job.pivot, lang, tasks[lang].fingerprint)
-    ]
-    if not todo:
-        log.info(
-            "%s @ %s: all %d languages already in the lake; nothing to do",
-            model_name,
-            checkpoint.name,
-            len(langs),
-        )
-        return None
-    skipped = len(langs) - len(todo)
-    if skipped:
-        log.info(
-            "%s @ %s: %d languages already complete, %d to go",
-            model_name,
-            checkpoint.name,
-            skipped,
-            len(todo),
-        )
+    return [x[: plan.max_length] for x in ids]
 
-    from neuronxa_ray.models import load_tokenizer, materialize_gguf, needs_conversion, resolve_source, tokenize
 
-    spec = job.model_spec(checkpoint)
-    if needs_conversion(spec):  # once, here, rather than in every actor at the same time
-        log.warning("first use of %s: de-quantising the GGUF once into the cache (a minute or two)", spec.model)
-        materialize_gguf(*resolve_source(spec))
-    # The tokenizer loads (seconds, for large vocabularies) while Ray starts and the actors load the model.
-    tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
-    tokenizer_future = tokenizer_pool.submit(load_tokenizer, spec)
-    tokenizer_pool.shutdown(wait=False)
-    ray = _init_ray(ray_address)
-    n_actors, options = _actor_resources(ray, job)
-    n_actors = min(n_actors, len(todo))
-    settings = WorkerSettings(str(lake.root), job.batch_size, job.max_length, job.state_dtype, job.store_states)
-    Actor = ray.remote(**options)(_ActorBody)
-    actors = [Actor.remote(spec, settings, int(options["num_cpus"])) for _ in range(n_actors)]
+def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunReport:
+    """Plan every job, run what is missing on one actor pool, record runs and attempts. Raises NeuronxaError
+    before Ray starts (or any model loads) when an input is bad."""
+    options = options or RunOptions()
+    t_start = time.perf_counter()
+    started = _now()
+    run_id = f"{started.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
+    for job in jobs:
+        Lake(job.lake).check_writable()
+    plans = [p for p in plan_jobs(jobs, options.force, options.recompute) if p.todo]
+    if not plans:
+        log.info("every language of every checkpoint is already in the lake; nothing to do")
+        return RunReport(run_id, [], [], 0, 0, time.perf_counter() - t_start)
+    for job in {id(p.job): p.job for p in plans}.values():
+        if job.trust_remote_code:
+            log.warning("%s: trust_remote_code is true: Python code from the model directory will run", job.source)
+
+    from neuronxa_ray.models import load_tokenizer, materialize_gguf, needs_conversion, resolve_source
+
+    for plan in plans:
+        if needs_conversion(plan.spec):  # once, here, rather than in every actor at the same time
+            log.warning("first use of %s: de-quantising the GGUF once (a minute or two)", plan.spec.model)
+            materialize_gguf(*resolve_source(plan.spec))
+    # The first tokenizer loads (seconds, for large vocabularies) while Ray starts and the actors are placed.
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+    first_tokenizer = loader.submit(load_tokenizer, plans[0].spec)
+    loader.shutdown(wait=False)
+    ray = _init_ray(options.ray_address)
+    size, ray_options, threads = _pool_shape(ray, plans[0].job)
+    for plan in plans[1:]:
+        _pool_shape(ray, plan.job)  # every job's device must exist in the cluster
+    size = min(size, sum(len(p.todo) for p in plans))
+    pool = ActorPool(
+        ray, size, ray_options, threads, options.worker_factory, min(p.job.placement_timeout_s for p in plans)
+    )
+    pool.start()
+    startup_s = time.perf_counter() - t_start
     try:
-        # Tokenize here while the actors load the model: CPU work off the accelerators, overlapped with start-up.
-        tokenizer = tokenizer_future.result()
-        for lang in todo:
-            tasks[lang].token_ids = tokenize(tokenizer, tasks[lang].texts, job.max_length)
-        info = ray.get([a.describe.remote() for a in actors])[0]
-        startup_s = time.perf_counter() - t_start
-        log.info("%d actor(s) ready on %s in %.1fs", n_actors, info["device"], startup_s)
-
-        # The pivot first: its states (from this run, or from the lake when complete) feed every other language.
-        results = []
-        if job.pivot in todo:
-            result_ref, pivot_ref = actors[0].process.options(num_returns=2).remote(tasks[job.pivot], [])
-            todo.remove(job.pivot)
-            pending_pivot = [(result_ref, actors[0], job.pivot)]
-        else:
-            if not job.store_states:
-                raise RuntimeError("pivot complete but its states were not stored (store_states: false); rerun it")
-            pivot_ref = ray.put(lake.read_states(model_name, checkpoint.name, job.pivot))
-            pending_pivot = []
-
-        bar = _progress(len(corpus.ids) * (len(todo) + len(pending_pivot)), progress)
-        queue = deque(todo)
-        in_flight: dict = {}  # ref -> (actor, lang)
-        load = {id(a): 0 for a in actors}
-        for ref, actor, lang in pending_pivot:
-            in_flight[ref] = (actor, lang)
-            load[id(actor)] += 1
-
-        def submit() -> None:
-            for actor in actors:
-                while queue and load[id(actor)] < MAX_IN_FLIGHT:
-                    lang = queue.popleft()
-                    ref = actor.process.options(num_returns=2).remote(tasks[lang], [pivot_ref])[0]
-                    in_flight[ref] = (actor, lang)
-                    load[id(actor)] += 1
-
-        submit()
-        while in_flight:
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            actor, lang = in_flight.pop(done[0])
-            load[id(actor)] -= 1
-            try:
-                result = ray.get(done[0])
-            except Exception as e:  # a failed language stops the run; completed ones stay in the lake
-                raise RuntimeError(f"{model_name} @ {checkpoint.name}: language {lang!r} failed: {e}") from e
-            results.append(result)
-            bar.update(result.n_sentences)
-            bar.set_postfix_str(lang)
-            log.info(
-                "%s: %d sentences, %d tokens in %.1fs",
-                lang,
-                result.n_sentences,
-                result.n_tokens,
-                result.extract_s,
-            )
-            submit()
-        try:  # every language's files and marker are on disk before the run counts as finished
-            write_s = sum(ray.get([a.flush.remote() for a in actors]))
-        except Exception as e:
-            raise RuntimeError(f"{model_name} @ {checkpoint.name}: {e}") from e
-        bar.close()
+        tokens = _tokenize_all(plans, first_tokenizer)
+        log.info("%d actor(s) placed in %.1fs; %d unit(s) to run", size, startup_s, sum(len(p.todo) for p in plans))
+        scheduler = Scheduler(ray, pool, plans, tokens, run_id, options.progress)
+        scheduler.run()
+        loads = sum(s.loads for s in pool.slots)
     finally:
-        for actor in actors:
-            ray.kill(actor)
-
-    finished = dt.datetime.now(dt.timezone.utc)
+        pool.shutdown()
     wall_s = time.perf_counter() - t_start
-    row = _runs_row(job, checkpoint, corpus, info, results, started, finished, wall_s, startup_s, n_actors, len(langs))
-    row["write_s"] = write_s
-    run_file = lake.root / "runs" / f"model={slug(model_name)}" / f"checkpoint={slug(checkpoint.name)}"
-    lake.write("runs", {k: [v] for k, v in row.items()}, run_file / f"{row['run_id']}.parquet")
-    return row
+    runs = []
+    for i, plan in enumerate(plans):
+        done = [u for u in scheduler.units if u.plan == i and u.status == "done" and u.result is not None]
+        if done:
+            row = _runs_row(plan, run_id, [u.result for u in done], started, size, startup_s, wall_s)
+            Lake(plan.job.lake).write_run(row)
+            runs.append(row)
+    failed = scheduler.failed_units()
+    return RunReport(run_id, runs, failed, len(scheduler.units), loads, wall_s)
 
 
-def _runs_row(job, checkpoint, corpus, info, results, started, finished, wall_s, startup_s, n_actors, n_langs) -> dict:
+def run_job(job: JobConfig, lake_root: str | None = None, progress: bool | None = None, **kwargs) -> list[dict]:
+    """One job; returns its runs rows (one per checkpoint that computed). Raises when a unit failed."""
+    if lake_root is not None:
+        job = dataclasses.replace(job, lake=str(lake_root))
+    report = run_jobs([job], RunOptions(progress=progress, **kwargs))
+    if report.failed:
+        first = report.failed[0]
+        raise RuntimeError(
+            f"{len(report.failed)} unit(s) failed; first: {first.model} @ {first.checkpoint} {first.lang}: "
+            f"{first.error}"
+        )
+    return report.runs
+
+
+def _runs_row(plan: CheckpointPlan, run_id, results, started, n_actors, startup_s, wall_s) -> dict:
     import torch
     import transformers
 
-    first = results[0]
+    job, first = plan.job, results[0]
     n_sent = sum(r.n_sentences for r in results)
     return {
-        "run_id": f"{started.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}",
+        "run_id": run_id,
         "model": job.model_name,
-        "checkpoint": checkpoint.name,
-        "revision": checkpoint.revision,
-        "step": checkpoint.step,
+        "checkpoint": plan.checkpoint.name,
+        "revision": plan.checkpoint.revision,
+        "step": plan.checkpoint.step,
         "pivot_lang": job.pivot,
-        "languages": corpus.languages,
-        "n_languages": n_langs,
+        "languages": plan.languages,
+        "n_languages": len(plan.languages),
         "n_languages_computed": len(results),
-        "n_sentences": len(corpus.ids),
+        "n_sentences": len(plan.corpus.ids),
         "n_layers": first.n_layers,
         "d_ff": first.d_ff,
         "d_model": first.d_model,
-        "model_type": info["model_type"],
+        "model_type": first.model_type,
         "hook_site": job.hook_site,
-        "device": info["device"],
-        "dtype": info["dtype"],
+        "device": first.device,
+        "dtype": first.dtype,
         "num_actors": n_actors,
         "started_at": started,
-        "finished_at": finished,
+        "finished_at": _now(),
         "wall_s": wall_s,
         "startup_s": startup_s,
         "extract_s": sum(r.extract_s for r in results),
@@ -325,5 +848,15 @@ def _runs_row(job, checkpoint, corpus, info, results, started, finished, wall_s,
         "schema_version": SCHEMA_VERSION,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
-        "config_json": json.dumps(job.to_dict(), default=str, sort_keys=True),
+        "config_json": _config_json(plan),
     }
+
+
+def _config_json(plan: CheckpointPlan) -> str:
+    import json
+
+    return json.dumps(
+        {**plan.job.to_dict(), "max_length": plan.max_length, "fingerprint": plan.fingerprint},
+        default=str,
+        sort_keys=True,
+    )

@@ -137,8 +137,9 @@ class StateExtractor:
         if ctx.valid is not None:  # left padding: padded rows may hold NaN, and NaN x 0 weight is still NaN
             positive.masked_fill_(~ctx.valid, 0.0)
             magnitude.masked_fill_(~ctx.valid, 0.0)
-        pos_sums = torch.bmm(ctx.weights, positive)  # [batch, 2, d_ff]: weighted mean, positive-token count
-        mag_sums = torch.bmm(ctx.weights, magnitude)
+        weights = ctx.weights if ctx.weights.device == act.device else ctx.weights.to(act.device)  # multi-GPU
+        pos_sums = torch.bmm(weights, positive).to(out.nas.device)  # [batch, 2, d_ff]: weighted mean, count
+        mag_sums = torch.bmm(weights, magnitude).to(out.nas.device)
         out.nas[ctx.rows, layer] = pos_sums[:, 0]
         out.nav[ctx.rows, layer] = mag_sums[:, 0]
         out.n_active[layer] += pos_sums[:, 1].sum(0, dtype=torch.float64)
@@ -214,7 +215,7 @@ class StateExtractor:
             out.hidden = weights.new_zeros(n, len(hidden_states), d_model)
             out.hidden_last = weights.new_zeros(n, len(hidden_states), d_model)
         for layer, h in enumerate(hidden_states):  # [batch, seq, d_model]
-            h = h.to(_accumulation_dtype(h.dtype))
+            h = h.to(device=weights.device, dtype=_accumulation_dtype(h.dtype))
             if left_padded:
                 h = h.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
             out.hidden[rows_t, layer] = torch.bmm(w, h).squeeze(1)

@@ -13,17 +13,21 @@ Every file is written under a temporary name and renamed into place, so readers 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from neuronxa_ray.errors import NeuronxaError
 
 SCHEMA_VERSION = "2"  # 2: the pivot column is pivot_lang (pivot is a DuckDB keyword)
 METADATA_KEY = b"neuronxa_ray.schema_version"
@@ -108,6 +112,21 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("config_json", pa.string(), False),
         ],
     ),
+    "attempts": _schema(
+        "attempts",
+        [
+            pa.field("run_id", pa.string(), False),
+            *_KEYS,
+            pa.field("lang", pa.string(), False),
+            pa.field("attempt", pa.int32(), False),
+            pa.field("node", pa.string()),
+            pa.field("device", pa.string()),
+            pa.field("started_at", pa.timestamp("us", tz="UTC"), False),
+            pa.field("finished_at", pa.timestamp("us", tz="UTC"), False),
+            pa.field("status", pa.string(), False),  # ok | failed | lost
+            pa.field("error", pa.string()),
+        ],
+    ),
     "benchmarks": _schema(
         "benchmarks",
         [
@@ -147,11 +166,37 @@ def slug(value: str) -> str:
     return safe
 
 
+@dataclass(frozen=True)
+class WrittenFile:
+    """A file a write produced: its path, size and row count (what a completion marker records and verifies)."""
+
+    table: str
+    path: str
+    bytes: int
+    rows: int
+
+
 class Lake:
     """Paths and atomic Parquet writes under one lake root (a local or shared directory)."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).expanduser().resolve()  # absolute in the driver, before anything is shipped
+
+    @property
+    def uri(self) -> str:
+        return str(self.root)
+
+    def check_writable(self) -> None:
+        """Fail in one line, before any model loads, when the lake cannot be written."""
+        if self.root.exists() and not self.root.is_dir():
+            raise NeuronxaError(f"lake {self.uri!r} is a file, not a directory")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise NeuronxaError(f"lake {self.uri!r} is not writable: {e.strerror or e}") from e
 
     def _partition(self, table: str, model: str, checkpoint: str, **more: str) -> Path:
         path = self.root / table / f"model={slug(model)}" / f"checkpoint={slug(checkpoint)}"
@@ -166,18 +211,49 @@ class Lake:
     def done_marker(self, model: str, checkpoint: str, pivot: str, lang: str) -> Path:
         return self._partition("_done", model, checkpoint, pivot_lang=pivot).joinpath(f"lang={slug(lang)}.json")
 
-    def is_done(self, model: str, checkpoint: str, pivot: str, lang: str, fingerprint: str) -> bool:
+    def completion(self, model: str, checkpoint: str, pivot: str, lang: str) -> dict | None:
+        """The language's completion marker when it exists and its files are there with the recorded sizes."""
         marker = self.done_marker(model, checkpoint, pivot, lang)
         try:
-            return json.loads(marker.read_text())["fingerprint"] == fingerprint
-        except (OSError, ValueError, KeyError):
-            return False
+            record = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return None
+        for f in record.get("files", []):
+            path = self.root / f["path"]
+            if not path.is_file() or path.stat().st_size != f["bytes"]:
+                return None
+        return record
 
-    def mark_done(self, model: str, checkpoint: str, pivot: str, lang: str, fingerprint: str, info: dict) -> None:
+    def is_done(self, model: str, checkpoint: str, pivot: str, lang: str, fingerprint: str) -> bool:
+        record = self.completion(model, checkpoint, pivot, lang)
+        return record is not None and record.get("fingerprint") == fingerprint
+
+    def mark_done(
+        self,
+        model: str,
+        checkpoint: str,
+        pivot: str,
+        lang: str,
+        fingerprint: str,
+        info: dict,
+        files: list[WrittenFile] = (),
+    ) -> None:
         marker = self.done_marker(model, checkpoint, pivot, lang)
-        _atomic_write_bytes(marker, json.dumps({"fingerprint": fingerprint, **info}).encode())
+        record = {"fingerprint": fingerprint, **info, "files": [dataclasses.asdict(f) for f in files]}
+        _atomic_write_bytes(marker, json.dumps(record).encode())
 
-    def write(self, table: str, data: pa.Table | dict[str, Any], path: Path, state_dtype: str = "float32") -> Path:
+    def write_run(self, row: dict) -> WrittenFile:
+        path = self._partition("runs", row["model"], row["checkpoint"]) / f"{row['run_id']}.parquet"
+        return self.write("runs", {k: [v] for k, v in row.items()}, path)
+
+    def write_attempts(self, run_id: str, part: int, rows: list[dict]) -> WrittenFile:
+        path = self.root / "attempts" / f"run_id={slug(run_id)}" / f"part-{part:05d}.parquet"
+        cols = {f.name: [r.get(f.name) for r in rows] for f in SCHEMAS["attempts"]}
+        return self.write("attempts", cols, path)
+
+    def write(
+        self, table: str, data: pa.Table | dict[str, Any], path: Path, state_dtype: str = "float32"
+    ) -> WrittenFile:
         """Write rows of a known table to path, atomically, with the table's explicit schema."""
         schema = table_schema(table, state_dtype)
         if isinstance(data, dict):
@@ -191,7 +267,7 @@ class Lake:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        return path
+        return WrittenFile(table, str(path.relative_to(self.root)), path.stat().st_size, data.num_rows)
 
     def files(self, table: str) -> list[Path]:
         base = self.root / table

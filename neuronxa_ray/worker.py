@@ -1,6 +1,9 @@
 """One model, many languages: extract states, compare with the pivot on the device, write the lake.
 
-LanguageWorker knows nothing of Ray; execution.py wraps it in an actor. The same worker runs in a unit test.
+LanguageWorker knows nothing of Ray or scheduling; execution.py wraps it in an actor. The same worker runs in a
+unit test. A language's Parquet files are written in a background thread while the next language runs; the write
+is confirmed (WriteOutcome) by the next `process` call or by `collect()`, so the scheduler knows exactly which
+languages are safely in the lake when an actor dies.
 """
 
 from __future__ import annotations
@@ -8,14 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from neuronxa_ray.extraction import METHODS, StateExtractor, cosine_matrices
 from neuronxa_ray.lake import Lake, neuron_counts_table, similarity_table, states_table
-from neuronxa_ray.models import ModelSpec, load_model
+from neuronxa_ray.models import LoadedModel, ModelSpec, load_model, move_to_device
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ class LanguageTask:
     texts: list[str]
     fingerprint: str
     token_ids: list[list[int]] | None = None  # tokenized by the driver; else the worker tokenizes texts
+    checkpoint_fingerprint: str = ""  # shared by every language of the checkpoint run with the same settings
+    run_id: str = ""
 
     @property
     def is_pivot(self) -> bool:
@@ -46,12 +51,26 @@ class LanguageResult:
     n_layers: int
     d_ff: int
     d_model: int
+    device: str = ""
+    dtype: str = ""
+    model_type: str = ""
+    confirmed: list[WriteOutcome] = field(default_factory=list)  # earlier languages whose writes finished
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """A background write that finished: the language is in the lake (error None) or it is not (error)."""
+
+    model_name: str
+    checkpoint: str
+    lang: str
+    error: str | None = None
 
 
 PivotStates = dict[str, np.ndarray]  # method -> [n, layers, dim] float32
 
 
-@dataclass
+@dataclass(frozen=True)
 class WorkerSettings:
     lake: str
     batch_size: int = 16
@@ -61,9 +80,23 @@ class WorkerSettings:
 
 
 class LanguageWorker:
-    def __init__(self, spec: ModelSpec, settings: WorkerSettings, with_tokenizer: bool = True) -> None:
+    @staticmethod
+    def prefetch(spec: ModelSpec, settings: WorkerSettings) -> LoadedModel:
+        """Load the weights into host memory (in the dtype the device will use) while another model computes."""
+        return load_model(spec, with_tokenizer=False, host_only=True)
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        settings: WorkerSettings,
+        with_tokenizer: bool = True,
+        prefetched: LoadedModel | None = None,
+    ) -> None:
         t0 = time.perf_counter()
-        self.lm = load_model(spec, with_tokenizer=with_tokenizer)
+        if prefetched is not None:
+            self.lm = move_to_device(prefetched, spec)
+        else:
+            self.lm = load_model(spec, with_tokenizer=with_tokenizer)
         self.load_s = time.perf_counter() - t0
         self.settings = settings
         self.lake = Lake(settings.lake)
@@ -73,8 +106,12 @@ class LanguageWorker:
         # Parquet writes run beside the next language's forward passes (pyarrow releases the GIL while it
         # compresses); at most one is pending, and flush() waits for it.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer")
-        self._pending: Future | None = None
+        self._pending: tuple[LanguageTask, Future] | None = None
         self.write_s = 0.0
+
+    def close(self) -> None:
+        """Release the model's hooks (its memory goes with the last reference)."""
+        self.extractor.close()
 
     def describe(self) -> dict:
         return {
@@ -119,8 +156,8 @@ class LanguageWorker:
             torch.cuda.synchronize()
         extract_s = time.perf_counter() - t0
         counters = (states.n_active.cpu().numpy(), states.abs_sum.cpu().numpy(), states.n_tokens, states.token_counts)
-        self.flush()  # the previous language's files first: at most one write in flight
-        self._pending = self._writer.submit(self._write, task, host, counters, matrices)
+        confirmed = self.collect()  # the previous language's files first: at most one write in flight
+        self._pending = (task, self._writer.submit(self._write, task, host, counters, matrices))
         result = LanguageResult(
             lang=task.lang,
             n_sentences=len(task.texts),
@@ -130,14 +167,29 @@ class LanguageWorker:
             n_layers=host["nas"].shape[1],
             d_ff=host["nas"].shape[2],
             d_model=host["hidden"].shape[2],
+            device=str(self.lm.device),
+            dtype=str(self.lm.dtype).removeprefix("torch."),
+            model_type=self.lm.model_type,
+            confirmed=confirmed,
         )
         return result, (host if task.is_pivot else None)
 
+    def collect(self) -> list[WriteOutcome]:
+        """Wait for the pending write, if any, and say how it ended (never raises)."""
+        if self._pending is None:
+            return []
+        (task, pending), self._pending = self._pending, None
+        try:
+            pending.result()
+            return [WriteOutcome(task.model_name, task.checkpoint, task.lang)]
+        except Exception as e:
+            return [WriteOutcome(task.model_name, task.checkpoint, task.lang, str(e).splitlines()[0] or repr(e))]
+
     def flush(self) -> float:
         """Wait for the pending write (raising its error, if any); return the seconds spent writing so far."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+        for outcome in self.collect():
+            if outcome.error:
+                raise RuntimeError(outcome.error)
         return self.write_s
 
     def _write(self, task: LanguageTask, host: dict, counters: tuple, matrices: dict) -> None:
@@ -152,13 +204,19 @@ class LanguageWorker:
         """All of a language's tables, then its done marker (last: a rerun redoes a language cut short)."""
         lake, key = self.lake, (task.model_name, task.checkpoint)
         n_active, abs_sum, n_tokens, token_counts = counters
+        written = []
         if self.settings.store_states:
             table = states_table(*key, task.lang, task.sentence_ids, token_counts, host, self.settings.state_dtype)
             path = lake.language_file("sentence_states", *key, task.lang)
-            lake.write("sentence_states", table, path, state_dtype=self.settings.state_dtype)
+            written.append(lake.write("sentence_states", table, path, state_dtype=self.settings.state_dtype))
         counts = neuron_counts_table(*key, task.lang, n_active, abs_sum, n_tokens)
-        lake.write("neuron_counts", counts, lake.language_file("neuron_counts", *key, task.lang))
+        written.append(lake.write("neuron_counts", counts, lake.language_file("neuron_counts", *key, task.lang)))
         if matrices:
             sim = similarity_table(*key, task.pivot, task.lang, matrices)
-            lake.write("similarity", sim, lake.language_file("similarity", *key, task.lang, task.pivot))
-        lake.mark_done(*key, task.pivot, task.lang, task.fingerprint, {"n_sentences": len(task.texts)})
+            written.append(lake.write("similarity", sim, lake.language_file("similarity", *key, task.lang, task.pivot)))
+        info = {
+            "n_sentences": len(task.texts),
+            "checkpoint_fingerprint": task.checkpoint_fingerprint,
+            "run_id": task.run_id,
+        }
+        lake.mark_done(*key, task.pivot, task.lang, task.fingerprint, info, files=written)

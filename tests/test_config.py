@@ -30,7 +30,7 @@ def test_overrides_win_and_checkpoints_resolve(tmp_path):
     names = [(c.name, c.model, c.revision, c.step) for c in job.resolved_checkpoints()]
     assert names == [
         ("rev-a", "org/m", "rev-a", None),
-        ("step100", str(tmp_path / "step100"), None, None),
+        ("step100", str((tmp_path / "step100").resolve()), None, 100),  # step parsed from the name
         ("step200", "org/m", "step200", 200),
     ]
 

@@ -1,0 +1,10 @@
+"""The one user-facing error type: the CLI prints it in one line (`-v` adds the traceback); anything else keeps its
+traceback, because it is a bug rather than a mistake in the input."""
+
+from __future__ import annotations
+
+
+class NeuronxaError(ValueError):
+    """A mistake in the input or the environment that the user can fix: names the thing, the value, the remedy.
+
+    A ValueError, so callers that catch ValueError (and tests written against it) keep working."""

@@ -1,0 +1,148 @@
+"""Planning: jobs -> units of (model, checkpoint, language), minus what the lake verifiably holds. Pure: no Ray.
+
+A checkpoint's fingerprint covers everything that changes its numbers: the settings marked in JobConfig, the
+weights (file names, sizes and modification times of a local directory or GGUF; the resolved commit of a hub id),
+the pivot, the sentence ids and the pivot's texts. A language's fingerprint adds its own texts. A language counts
+as done only when its marker verifies and carries the current fingerprint, so new weights in the same directory,
+another n_sentences or other data recompute the pivot and every language of that checkpoint — never a mix of old
+and new under one score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+
+from neuronxa_ray.config import Checkpoint, JobConfig
+from neuronxa_ray.errors import NeuronxaError
+from neuronxa_ray.lake import SCHEMA_VERSION, Lake
+from neuronxa_ray.models import ModelSpec, ResolvedModel, check_architecture, resolve_model
+from neuronxa_ray.readers import ParallelCorpus
+
+log = logging.getLogger(__name__)
+
+METHOD_VERSION = "1"  # bump when the extraction or scoring changes numbers for the same inputs
+
+
+def _digest(material: object) -> str:
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def checkpoint_fingerprint(job: JobConfig, resolved: ResolvedModel, corpus: ParallelCorpus) -> str:
+    return _digest(
+        {
+            "settings": job.fingerprint_settings(),
+            "weights": resolved.identity,
+            "pivot": job.pivot,
+            "ids": corpus.ids,
+            "pivot_text": corpus.sentences[job.pivot],
+            "schema": SCHEMA_VERSION,
+            "method": METHOD_VERSION,
+        }
+    )
+
+
+def language_fingerprint(checkpoint_fp: str, lang: str, corpus: ParallelCorpus) -> str:
+    return _digest({"checkpoint": checkpoint_fp, "lang": lang, "text": corpus.sentences[lang]})
+
+
+@dataclass
+class CheckpointPlan:
+    """One (model, checkpoint) of one job: what to load, the data, the fingerprint, the languages still to run."""
+
+    job: JobConfig
+    checkpoint: Checkpoint
+    spec: ModelSpec
+    resolved: ResolvedModel
+    corpus: ParallelCorpus
+    fingerprint: str
+    languages: list[str]  # pivot first
+    todo: list[str]  # pivot first when it runs
+    max_length: int | None
+    lang_fingerprints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.job.model_name, self.checkpoint.name)
+
+    @property
+    def pivot(self) -> str:
+        return self.job.pivot
+
+    @property
+    def label(self) -> str:
+        return f"{self.job.model_name} @ {self.checkpoint.name}"
+
+
+def _has_states(record: dict | None) -> bool:
+    return bool(record) and any(f.get("table") == "sentence_states" for f in record.get("files", []))
+
+
+def plan_checkpoint(
+    job: JobConfig,
+    checkpoint: Checkpoint,
+    corpus: ParallelCorpus,
+    lake: Lake,
+    force: bool = False,
+    recompute: frozenset[str] = frozenset(),
+) -> CheckpointPlan:
+    """Resolve the model (fails fast on a bad source), fingerprint it, and subtract what the lake holds."""
+    spec = job.model_spec(checkpoint)
+    resolved = resolve_model(spec)
+    check_architecture(resolved, spec)
+    max_length = job.max_length
+    positions = resolved.max_positions()
+    if positions is not None and (max_length is None or max_length > positions):
+        if max_length is not None:
+            log.info("%s: max_length %d capped at the model's %d positions", job.source, max_length, positions)
+        max_length = positions
+    fp = checkpoint_fingerprint(dataclasses.replace(job, max_length=max_length), resolved, corpus)
+    languages = [job.pivot] + [lang for lang in corpus.languages if lang != job.pivot]
+    lang_fps = {lang: language_fingerprint(fp, lang, corpus) for lang in languages}
+    model, name = job.model_name, checkpoint.name
+    if force:
+        todo = list(languages)
+    else:
+        todo = [
+            lang
+            for lang in languages
+            if lang in recompute or not lake.is_done(model, name, job.pivot, lang, lang_fps[lang])
+        ]
+    # The other languages need the pivot's states: from the lake when they were stored, else computed again.
+    if todo and job.pivot not in todo and not _has_states(lake.completion(model, name, job.pivot, job.pivot)):
+        log.info("%s @ %s: the pivot's states are not in the lake; computing the pivot again", model, name)
+        todo.insert(0, job.pivot)
+    return CheckpointPlan(job, checkpoint, spec, resolved, corpus, fp, languages, todo, max_length, lang_fps)
+
+
+def plan_jobs(
+    jobs: list[JobConfig],
+    force: bool = False,
+    recompute: list[str] | None = None,
+    corpora: dict[int, ParallelCorpus] | None = None,
+) -> list[CheckpointPlan]:
+    """Every checkpoint of every job, planned; raises NeuronxaError before anything starts when an input is bad."""
+    plans: list[CheckpointPlan] = []
+    wanted = frozenset(recompute or ())
+    seen: dict[tuple[str, str], str] = {}
+    for i, job in enumerate(jobs):
+        corpus = (corpora or {}).get(i) or job.load_corpus()
+        unknown = sorted(wanted - set(corpus.languages))
+        if unknown:
+            raise NeuronxaError(f"--recompute {unknown}: not languages of {job.source} (it has {corpus.languages})")
+        lake = Lake(job.lake)
+        checkpoints = job.resolved_checkpoints()
+        if not checkpoints:
+            raise NeuronxaError(f"{job.source}: no checkpoints found (checkpoints: {job.checkpoints})")
+        for checkpoint in checkpoints:
+            plan = plan_checkpoint(job, checkpoint, corpus, lake, force, wanted)
+            if plan.key in seen and seen[plan.key] != job.source:
+                raise NeuronxaError(
+                    f"{job.source} and {seen[plan.key]} both write {plan.label}: give one of them another `name`"
+                )
+            seen[plan.key] = job.source
+            plans.append(plan)
+    return plans
