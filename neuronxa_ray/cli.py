@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 from pathlib import Path
@@ -17,21 +18,46 @@ def _lake_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lake", default=None, help="lake directory (default: the job's lake, else ./lake)")
 
 
+def _codes(text: str) -> list[str]:
+    """A comma-separated list of language codes (one option value, so it cannot swallow the job file)."""
+    codes = [c.strip() for c in text.split(",") if c.strip()]
+    if not codes:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected language codes such as fra,deu")
+    return codes
+
+
+def _job_overrides(p: argparse.ArgumentParser) -> None:
+    _lake_arg(p)
+    p.add_argument(
+        "--languages", type=_codes, action="extend", metavar="L1,L2", help="override the job's languages (fra,deu)"
+    )
+    p.add_argument("--n-sentences", type=int, help="override the job's n_sentences")
+    p.add_argument("--num-actors", type=int, help="override the number of extractor actors")
+    p.add_argument("--batch-size", type=int, help="override the batch size (sentences)")
+    p.add_argument("--device", help="override the device (auto, cpu, cuda)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="neuronxa-ray", description=__doc__)
-    ap.add_argument("-v", "--verbose", action="store_true", help="log each language and more")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log each unit, and show tracebacks of errors")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a job file: extract states into the lake, then print scores")
-    run.add_argument("job", help="job YAML file")
-    _lake_arg(run)
-    run.add_argument("--languages", nargs="+", help="override the job's languages")
-    run.add_argument("--n-sentences", type=int, help="override the job's n_sentences")
-    run.add_argument("--num-actors", type=int, help="override the number of extractor actors")
-    run.add_argument("--batch-size", type=int, help="override the batch size (sentences)")
-    run.add_argument("--device", help="override the device (auto, cpu, cuda)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run = sub.add_parser("run", help="run job files on one actor pool: extract states into the lake, print scores")
+    run.add_argument("jobs", nargs="+", metavar="JOB.yaml", help="job YAML file(s); they share one actor pool")
+    _job_overrides(run)
+    run.add_argument("--force", action="store_true", help="recompute every language, even if complete")
+    run.add_argument("--recompute", type=_codes, action="extend", metavar="L1,L2", help="recompute these languages")
     run.add_argument("--no-scores", action="store_true", help="do not print the score table afterwards")
+
+    watch = sub.add_parser("watch", help="evaluate a training run's checkpoints as they appear")
+    watch.add_argument("job", metavar="JOB.yaml", help="job whose checkpoints are a list or {glob: PATTERN}")
+    _job_overrides(watch)
+    watch.add_argument("--interval", type=float, default=30.0, help="seconds between polls (default 30)")
+    watch.add_argument(
+        "--settle", type=float, default=60.0, help="a checkpoint counts once unchanged this many seconds (60)"
+    )
+    watch.add_argument("--until-step", type=int, help="stop once a checkpoint at or past this step is done")
 
     sql = sub.add_parser("sql", help="run SQL over the lake's views")
     _lake_arg(sql)
@@ -57,22 +83,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Without a terminal there is no progress bar: per-language log lines take its place.
+    # Without a terminal there is no progress bar: per-unit log lines take its place.
     quiet = sys.stderr.isatty() and not args.verbose
     logging.getLogger("neuronxa_ray").setLevel(logging.WARNING if quiet else logging.INFO)
+    from neuronxa_ray.errors import NeuronxaError
+
     try:
         return COMMANDS[args.command](args)
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()
         return 0
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"neuronxa-ray: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("neuronxa-ray: interrupted", file=sys.stderr)
+        return 130
+    except (NeuronxaError, ImportError) as e:  # the user's to fix: one line (-v: with the traceback)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"neuronxa-ray: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
 
-def cmd_run(args) -> int:
+def _load_jobs(paths: list[str], args) -> list:
     from neuronxa_ray.config import load_job
-    from neuronxa_ray.execution import run_job
 
     overrides = {
         "languages": args.languages,
@@ -82,22 +116,76 @@ def cmd_run(args) -> int:
         "device": args.device,
         "lake": args.lake,
     }
-    job = load_job(args.job, overrides)
-    runs = run_job(job, progress=False if args.no_progress else None)
-    for row in runs:
+    return [load_job(path, overrides) for path in paths]
+
+
+def cmd_run(args) -> int:
+    from neuronxa_ray.execution import RunOptions, run_jobs
+
+    jobs = _load_jobs(args.jobs, args)
+    options = RunOptions(progress=False if args.no_progress else None, force=args.force, recompute=args.recompute)
+    report = run_jobs(jobs, options)
+    for row in report.runs:
         print(
             f"{row['model']} @ {row['checkpoint']}: {row['n_languages_computed']} languages x {row['n_sentences']} "
             f"sentences on {row['device']} ({row['dtype']}) in {row['wall_s']:.1f}s "
             f"(start-up {row['startup_s']:.1f}s, {row['sentences_per_s']:.1f} sentences/s after)",
             file=sys.stderr,
         )
-    if not runs:
+    if report.n_units:
+        print(f"{report.n_units} unit(s), {report.loads} model load(s), {report.wall_s:.1f}s", file=sys.stderr)
+    else:
         print("nothing to do: every language is already in the lake", file=sys.stderr)
     if not args.no_scores:
         from neuronxa_ray.sql import connect
 
-        con = connect(job.lake)
-        print_scores(con, model=job.model_name, pivot=job.pivot)
+        for job in jobs:
+            print_scores(connect(job.lake), model=job.model_name, pivot=job.pivot)
+    if report.failed:
+        print(f"\n{len(report.failed)} unit(s) failed (a rerun computes only what is missing):", file=sys.stderr)
+        rows = [("model", "checkpoint", "lang", "attempts", "error")]
+        rows += [(f.model, f.checkpoint, f.lang, str(f.attempts), f.error) for f in report.failed]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            print("  ".join(v.ljust(w) for v, w in zip(r[:4], widths)) + "  " + r[4], file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_watch(args) -> int:
+    from neuronxa_ray.execution import RunOptions, run_jobs
+    from neuronxa_ray.watch import watch
+
+    (job,) = _load_jobs([args.job], args)
+    options = RunOptions(progress=False if args.no_progress else None)
+
+    def report(job, checkpoints) -> None:
+        from neuronxa_ray.sql import connect
+
+        names = [c.name for c in checkpoints]
+        rows = (
+            connect(job.lake)
+            .execute(
+                "SELECT checkpoint, step, method, score_mean FROM training_curve WHERE model = ? AND lang = '*' "
+                "AND pivot_lang = ? AND list_contains(?, checkpoint) ORDER BY step NULLS LAST, checkpoint, method",
+                [job.model_name, job.pivot, names],
+            )
+            .fetchall()
+        )
+        by_ckpt: dict = {}
+        for checkpoint, step, method, score in rows:
+            by_ckpt.setdefault((step, checkpoint), {})[method] = score
+        for (step, checkpoint), scores in by_ckpt.items():
+            cells = "  ".join(f"{METHOD_LABELS.get(m, m)} {scores[m]:.3f}" for m in METHOD_ORDER if m in scores)
+            print(f"step {step if step is not None else '-'}  {checkpoint}: {cells}", flush=True)
+
+    def run(sub) -> None:
+        result = run_jobs([sub], options)
+        for failed in result.failed:
+            print(f"failed: {failed.checkpoint} {failed.lang}: {failed.error}", file=sys.stderr)
+
+    n = watch(job, run, report, args.interval, args.settle, args.until_step)
+    print(f"watched {n} checkpoint(s)", file=sys.stderr)
     return 0
 
 
@@ -121,7 +209,7 @@ def print_scores(con, model=None, checkpoint=None, pivot=None, per_layer=False, 
         f"SELECT model, checkpoint, pivot_lang, lang{extra}, method, {value} FROM {view}{where}", params
     ).fetchall()
     if not rows:
-        print("no scores in the lake yet (run a job first)", file=out)
+        _explain_no_scores(con, model, checkpoint, pivot, out)
         return
     blocks: dict[tuple, dict[tuple, dict[str, float]]] = {}
     for row in rows:
@@ -145,20 +233,40 @@ def print_scores(con, model=None, checkpoint=None, pivot=None, per_layer=False, 
             print("  ".join(v.rjust(w) for v, w in zip(line, widths)), file=out)
 
 
+def _explain_no_scores(con, model, checkpoint, pivot, out) -> None:
+    """Say which filter matched nothing (a typo in --model is not an empty lake)."""
+    have = con.execute("SELECT DISTINCT model, checkpoint, pivot_lang FROM alignment_summary").fetchall()
+    if not have:
+        print("no scores in the lake yet (run a job first)", file=out)
+        return
+    from neuronxa_ray.errors import NeuronxaError
+
+    for name, value, index in (("model", model, 0), ("checkpoint", checkpoint, 1), ("pivot", pivot, 2)):
+        values = sorted({row[index] for row in have})
+        if value is not None and value not in values:
+            hint = difflib.get_close_matches(value, values, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise NeuronxaError(f"no {name} {value!r} in the lake{extra} (it has {values[:20]})")
+    print("no scores match these filters together", file=out)
+
+
 def _lake_dir(args) -> str:
     return args.lake or "lake"
 
 
 def _check_lake(path: str) -> None:
-    if not Path(path).is_dir():
-        raise ValueError(f"lake {path!r} does not exist (run a job first, or pass --lake DIR)")
+    from neuronxa_ray.errors import NeuronxaError
+
+    if "://" not in path and not Path(path).is_dir():
+        raise NeuronxaError(f"lake {path!r} does not exist (run a job first, or pass --lake DIR)")
 
 
 def cmd_sql(args) -> int:
+    from neuronxa_ray.errors import NeuronxaError
     from neuronxa_ray.sql import connect
 
     if bool(args.query) == bool(args.file):
-        raise ValueError("give either a SQL query or -f FILE")
+        raise NeuronxaError("give either a SQL query or -f FILE")
     query = Path(args.file).read_text(encoding="utf-8") if args.file else args.query
     lake = _lake_dir(args)
     _check_lake(lake)
@@ -166,12 +274,14 @@ def cmd_sql(args) -> int:
     try:
         rel = con.sql(query)
     except Exception as e:  # duckdb's errors name the view or column: pass them on
-        raise ValueError(str(e).strip()) from e
+        from neuronxa_ray.errors import NeuronxaError
+
+        raise NeuronxaError(str(e).strip()) from e
     if rel is None:
         return 0
     if args.format == "parquet":
         if not args.output:
-            raise ValueError("--format parquet needs -o FILE")
+            raise NeuronxaError("--format parquet needs -o FILE")
         rel.write_parquet(args.output)
         return 0
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
@@ -223,11 +333,12 @@ def cmd_import_benchmarks(args) -> int:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
+    from neuronxa_ray.errors import NeuronxaError
     from neuronxa_ray.lake import SCHEMAS, Lake, slug
 
     src = Path(args.file)
     if not src.is_file():
-        raise ValueError(f"benchmark file {str(src)!r} does not exist")
+        raise NeuronxaError(f"benchmark file {str(src)!r} does not exist")
     if src.suffix == ".parquet":
         table = pq.read_table(src)
     else:
@@ -235,7 +346,7 @@ def cmd_import_benchmarks(args) -> int:
         table = pcsv.read_csv(src, parse_options=pcsv.ParseOptions(delimiter=delimiter))
     missing = {"benchmark", "lang", "value"} - set(table.column_names)
     if missing:
-        raise ValueError(f"{src}: missing columns {sorted(missing)} (need benchmark, lang, value)")
+        raise NeuronxaError(f"{src}: missing columns {sorted(missing)} (need benchmark, lang, value)")
     schema = SCHEMAS["benchmarks"]
     cols = {}
     for f in schema:
@@ -250,7 +361,13 @@ def cmd_import_benchmarks(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "sql": cmd_sql, "scores": cmd_scores, "import-benchmarks": cmd_import_benchmarks}
+COMMANDS = {
+    "run": cmd_run,
+    "watch": cmd_watch,
+    "sql": cmd_sql,
+    "scores": cmd_scores,
+    "import-benchmarks": cmd_import_benchmarks,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -320,6 +320,8 @@ class Scheduler:
         """('unit', plan) to submit the next unit of plan, ('warm', plan) to load it while its pivot runs."""
         if slot.key is not None and self._ready(slot.key):
             return ("unit", slot.key)
+        if slot.key is not None and self.pending[slot.key] and slot.inflight:
+            return None  # its checkpoint still has work (waiting for the pivot it computes): stay with it
         fresh = [pi for pi in self.pending if self._fresh(pi) and self.reserved.get(pi, slot.id) == slot.id]
         if fresh:
             return ("unit", fresh[0])
@@ -438,11 +440,17 @@ class Scheduler:
         why = (
             "no actor left to run it (actors lost and no room for replacements)"
             if not self.pool.alive()
-            else "nothing could run it (a bug: please report)"
+            else "nothing could run it (a scheduler bug; please report: " + self._debug_state() + ")"
         )
         for unit in self.units:
             if unit.status not in ("done", "failed"):
                 self._fail(unit, why)
+
+    def _debug_state(self) -> str:
+        units = [(self.plans[u.plan].checkpoint.name, u.lang, u.status, u.attempts) for u in self.units]
+        slots = [(s.id, s.alive, s.node, s.key, len(s.inflight), len(s.unconfirmed)) for s in self.pool.slots]
+        pending = {pi: [u.lang for u in q] for pi, q in self.pending.items() if q}
+        return f"units={units} slots={slots} pending={pending} pivots={sorted(self.pivot_ref)}"
 
     def _flush_idle(self) -> None:
         """Actors with nothing left to do confirm their last writes."""
@@ -471,7 +479,7 @@ class Scheduler:
                 self._actor_lost(slot, _first_line(e))
             return
         except Exception as e:  # the actor or its node is gone (RayActorError, ObjectLostError, ...)
-            self._actor_lost(slot, f"{type(e).__name__}: {_first_line(e)}")
+            self._actor_lost(slot, f"{type(e).__name__}: {_first_line(e)}", also=[unit] if unit else [])
             return
         if kind == "unit":
             result: LanguageResult = value
@@ -482,7 +490,8 @@ class Scheduler:
                 try:  # re-own the pivot's states in the driver: they outlive the node that computed them
                     self.pivot_ref[unit.plan] = self.ray.put(self.ray.get(self.states_refs.pop(unit.plan)))
                 except Exception as e:
-                    self._actor_lost(slot, f"pivot states lost: {_first_line(e)}")
+                    slot.unconfirmed.remove(unit)
+                    self._actor_lost(slot, f"pivot states lost: {_first_line(e)}", also=[unit])
                     return
             self.finished += 1
             self.bar.set_postfix_str(f"{self.plans[unit.plan].checkpoint.name} {unit.lang}", refresh=False)
@@ -538,11 +547,12 @@ class Scheduler:
                 other = self.pending[unit.plan].popleft()
                 self._fail(other, f"the pivot {plan.pivot!r} failed: {message}")
 
-    def _actor_lost(self, slot: _Slot, reason: str) -> None:
+    def _actor_lost(self, slot: _Slot, reason: str, also: list[_Unit] = ()) -> None:
+        """Requeue every unit the actor held (running, queued, or computed but not confirmed written)."""
         if not slot.alive:
             return
         slot.alive = False
-        lost = [u for _, kind, u in slot.inflight if kind == "unit"] + slot.unconfirmed
+        lost = [*also, *(u for _, kind, u in slot.inflight if kind == "unit"), *slot.unconfirmed]
         slot.inflight, slot.unconfirmed = [], []
         for unit in lost:
             plan = self.plans[unit.plan]

@@ -1,0 +1,57 @@
+"""Workers for scheduling and fault tests: the real LanguageWorker, slowed down and announcing where it runs, so a
+test can remove the node or kill the process of an actor in the middle of a language. Built by a function, so Ray
+ships the class by value to actors that cannot import this test module."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+from neuronxa_ray.worker import LanguageWorker
+
+
+def slow_worker(signal_dir: str, delay_s: float, fail_langs: tuple[str, ...] = ()):
+    """A LanguageWorker that writes {node_id, pid, lang} to signal_dir when a language starts, then sleeps delay_s.
+    Languages in fail_langs raise inside the actor, as a language whose data breaks the model would."""
+
+    class SlowWorker(LanguageWorker):
+        def process(self, task, pivot=None):
+            import ray
+
+            info = {
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(),
+                "checkpoint": task.checkpoint,
+                "lang": task.lang,
+            }
+            name = f"{task.checkpoint}-{task.lang}-{uuid.uuid4().hex[:8]}.json"
+            Path(signal_dir, name).write_text(json.dumps(info))
+            if task.lang in fail_langs:
+                raise ValueError(f"language {task.lang!r}: sentence 3 has a token the model cannot embed")
+            time.sleep(delay_s)
+            return super().process(task, pivot)
+
+    return SlowWorker
+
+
+def signals(signal_dir: str) -> list[dict]:
+    out = []
+    for p in sorted(Path(signal_dir).glob("*.json"), key=lambda p: p.stat().st_mtime_ns):
+        try:
+            out.append(json.loads(p.read_text()))
+        except ValueError:  # being written
+            continue
+    return out
+
+
+def wait_for(predicate, timeout_s: float = 120.0, poll_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise TimeoutError("condition not met in time")
