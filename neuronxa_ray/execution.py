@@ -27,7 +27,7 @@ from typing import Any
 
 from neuronxa_ray import __version__
 from neuronxa_ray.config import Checkpoint, JobConfig
-from neuronxa_ray.lake import SCHEMA_VERSION, Lake, slug
+from neuronxa_ray.lake import SCHEMA_VERSION, Lake
 from neuronxa_ray.readers import ParallelCorpus
 from neuronxa_ray.worker import LanguageTask, LanguageWorker, WorkerSettings
 
@@ -146,7 +146,8 @@ def run_job(
     ray_address: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run every checkpoint of the job; return the runs rows written (one per checkpoint that computed)."""
-    lake = Lake(lake_root or job.lake)
+    lake = Lake(lake_root or job.lake)  # a relative path becomes absolute here, in the driver
+    lake.check_writable()  # a bad lake (bucket, credentials, permissions) fails now, before any model loads
     corpus = job.load_corpus()
     rows = []
     for checkpoint in job.resolved_checkpoints():
@@ -171,6 +172,7 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
             corpus.ids,
             corpus.sentences[lang],
             _lang_fingerprint(base, corpus.sentences[lang]),
+            checkpoint_fingerprint=base,
         )
         for lang in langs
     }
@@ -210,7 +212,9 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
     ray = _init_ray(ray_address)
     n_actors, options = _actor_resources(ray, job)
     n_actors = min(n_actors, len(todo))
-    settings = WorkerSettings(str(lake.root), job.batch_size, job.max_length, job.state_dtype, job.store_states)
+    run_id = f"{started.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
+    lease = lake.acquire(model_name, checkpoint.name, base, run_id)  # refuses a concurrent run with other settings
+    settings = WorkerSettings(lake.uri, job.batch_size, job.max_length, job.state_dtype, job.store_states)
     Actor = ray.remote(**options)(_ActorBody)
     actors = [Actor.remote(spec, settings, int(options["num_cpus"])) for _ in range(n_actors)]
     try:
@@ -260,6 +264,7 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
             except Exception as e:  # a failed language stops the run; completed ones stay in the lake
                 raise RuntimeError(f"{model_name} @ {checkpoint.name}: language {lang!r} failed: {e}") from e
             results.append(result)
+            lease.renew()
             bar.update(result.n_sentences)
             bar.set_postfix_str(lang)
             log.info(
@@ -278,13 +283,14 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
     finally:
         for actor in actors:
             ray.kill(actor)
+        lease.release()
 
     finished = dt.datetime.now(dt.timezone.utc)
     wall_s = time.perf_counter() - t_start
     row = _runs_row(job, checkpoint, corpus, info, results, started, finished, wall_s, startup_s, n_actors, len(langs))
     row["write_s"] = write_s
-    run_file = lake.root / "runs" / f"model={slug(model_name)}" / f"checkpoint={slug(checkpoint.name)}"
-    lake.write("runs", {k: [v] for k, v in row.items()}, run_file / f"{row['run_id']}.parquet")
+    row["run_id"] = run_id
+    lake.write_run(row)
     return row
 
 

@@ -30,6 +30,7 @@ class LanguageTask:
     texts: list[str]
     fingerprint: str
     token_ids: list[list[int]] | None = None  # tokenized by the driver; else the worker tokenizes texts
+    checkpoint_fingerprint: str = ""  # the pivot's and settings' fingerprint, shared by the checkpoint's languages
 
     @property
     def is_pivot(self) -> bool:
@@ -152,13 +153,15 @@ class LanguageWorker:
         """All of a language's tables, then its done marker (last: a rerun redoes a language cut short)."""
         lake, key = self.lake, (task.model_name, task.checkpoint)
         n_active, abs_sum, n_tokens, token_counts = counters
+        written = []
         if self.settings.store_states:
             table = states_table(*key, task.lang, task.sentence_ids, token_counts, host, self.settings.state_dtype)
             path = lake.language_file("sentence_states", *key, task.lang)
-            lake.write("sentence_states", table, path, state_dtype=self.settings.state_dtype)
+            written.append(lake.write("sentence_states", table, path, state_dtype=self.settings.state_dtype))
         counts = neuron_counts_table(*key, task.lang, n_active, abs_sum, n_tokens)
-        lake.write("neuron_counts", counts, lake.language_file("neuron_counts", *key, task.lang))
+        written.append(lake.write("neuron_counts", counts, lake.language_file("neuron_counts", *key, task.lang)))
         if matrices:
             sim = similarity_table(*key, task.pivot, task.lang, matrices)
-            lake.write("similarity", sim, lake.language_file("similarity", *key, task.lang, task.pivot))
-        lake.mark_done(*key, task.pivot, task.lang, task.fingerprint, {"n_sentences": len(task.texts)})
+            written.append(lake.write("similarity", sim, lake.language_file("similarity", *key, task.lang, task.pivot)))
+        info = {"n_sentences": len(task.texts), "checkpoint_fingerprint": task.checkpoint_fingerprint}
+        lake.mark_done(*key, task.pivot, task.lang, task.fingerprint, info, written)
