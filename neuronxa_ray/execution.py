@@ -214,7 +214,13 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
     n_actors = min(n_actors, len(todo))
     run_id = f"{started.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
     lease = lake.acquire(model_name, checkpoint.name, base, run_id)  # refuses a concurrent run with other settings
-    settings = WorkerSettings(lake.uri, job.batch_size, job.max_length, job.state_dtype, job.store_states)
+    settings = WorkerSettings(
+        lake,  # the Lake itself: its S3 settings travel with it
+        job.batch_size,
+        job.max_length,
+        job.state_dtype,
+        job.store_states,
+    )
     Actor = ray.remote(**options)(_ActorBody)
     actors = [Actor.remote(spec, settings, int(options["num_cpus"])) for _ in range(n_actors)]
     try:

@@ -264,8 +264,8 @@ class Lake:
     def __init__(self, root: str | Path | Lake) -> None:
         self.storage = root.storage if isinstance(root, Lake) else Storage.from_root(root)
 
-    def __reduce__(self):  # ship the URI, not a filesystem handle: each process builds its own
-        return (Lake, (self.uri,))
+    def __getstate__(self) -> dict:  # the storage ships its URI and settings; each process builds its filesystem
+        return {"storage": self.storage}
 
     def __repr__(self) -> str:
         return f"Lake({self.uri!r})"

@@ -53,23 +53,38 @@ def _endpoint() -> tuple[str | None, str | None]:
     return parsed.netloc + parsed.path.rstrip("/"), parsed.scheme or "https"
 
 
-def make_s3(fast: bool = False) -> pafs.S3FileSystem:
-    """An S3FileSystem from the environment; fast=True: one attempt, short timeouts (for the writability probe)."""
+def s3_options() -> dict:
+    """S3 settings from this process's environment (the driver's): endpoint, region, and keys when set there.
+
+    They travel with the Lake to Ray workers (like a pickled pyarrow S3FileSystem), so workers write where the
+    driver checked; without keys in the environment each process uses its own credential chain (profile, role).
+    """
     endpoint, scheme = _endpoint()
-    kwargs: dict = {"connect_timeout": 3.0 if fast else 10.0}
+    options: dict = {}
+    if endpoint:
+        options["endpoint_override"] = endpoint
+        options["scheme"] = scheme
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    elif endpoint:  # a custom endpoint (MinIO, SeaweedFS, ...) ignores the region, but the SDK wants one
+        options["region"] = "us-east-1"
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        options["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        options["secret_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            options["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    return options
+
+
+def make_s3(options: dict | None = None, fast: bool = False) -> pafs.S3FileSystem:
+    """An S3FileSystem; fast=True: one attempt, short timeouts (for the writability probe)."""
+    kwargs: dict = {**(s3_options() if options is None else options), "connect_timeout": 3.0 if fast else 10.0}
     if fast:
         kwargs["request_timeout"] = 10.0
         kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=1)
     else:
         kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=5)
-    if endpoint:
-        kwargs["endpoint_override"] = endpoint
-        kwargs["scheme"] = scheme
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region"] = region
-    elif endpoint:  # a custom endpoint (MinIO, SeaweedFS, ...) ignores the region, but the SDK wants one
-        kwargs["region"] = "us-east-1"
     return pafs.S3FileSystem(**kwargs)
 
 
@@ -96,6 +111,7 @@ class Storage:
     uri: str  # absolute local path, or scheme://bucket/prefix
     scheme: str  # 'file' or the URI scheme
     base: str  # the root as a path on `fs` (a local absolute path, or 'bucket/prefix')
+    options: dict = field(default_factory=dict, repr=False)  # S3: settings resolved in the driver
     _fs: pafs.FileSystem | None = field(default=None, repr=False)
 
     @classmethod
@@ -113,16 +129,17 @@ class Storage:
         if scheme == "file":
             path = os.path.normpath(urlparse(text).path)
             return cls(uri=path, scheme="file", base=path)
-        rest = text.split("://", 1)[1].strip("/")
+        rest = text.split("://", 1)[1].rstrip("/")
         if scheme in ("abfs", "abfss"):  # container@account.dfs.core.windows.net/path: pyarrow parses it
             fs, base = pafs.FileSystem.from_uri(text)
             return cls(uri=text.rstrip("/"), scheme=scheme, base=base.rstrip("/"), _fs=fs)
-        bucket = rest.split("/", 1)[0]
+        bucket = rest.split("/", 1)[0]  # s3:///prefix: empty
         if not bucket:
             raise ValueError(f"lake {text!r}: no bucket; give {scheme}://bucket/prefix")
         scheme = "gs" if scheme == "gcs" else scheme
         rest = posixpath.normpath(rest)
-        return cls(uri=f"{scheme}://{rest}", scheme=scheme, base=rest)
+        options = s3_options() if scheme == "s3" else {}
+        return cls(uri=f"{scheme}://{rest}", scheme=scheme, base=rest, options=options)
 
     @property
     def is_local(self) -> bool:
@@ -143,7 +160,7 @@ class Storage:
         if self.is_local:
             return pafs.LocalFileSystem()
         if self.scheme == "s3":
-            return make_s3(fast)
+            return make_s3(self.options, fast)
         if self.scheme == "gs":
             try:
                 return pafs.GcsFileSystem(retry_time_limit=dt_seconds(10 if fast else 60))
@@ -154,7 +171,7 @@ class Storage:
         return pafs.FileSystem.from_uri(self.uri)[0]
 
     def __getstate__(self) -> dict:  # filesystems are rebuilt from the URI and the environment where they are used
-        return {"uri": self.uri, "scheme": self.scheme, "base": self.base}
+        return {"uri": self.uri, "scheme": self.scheme, "base": self.base, "options": self.options}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _fs=None)

@@ -54,7 +54,7 @@ PivotStates = dict[str, np.ndarray]  # method -> [n, layers, dim] float32
 
 @dataclass
 class WorkerSettings:
-    lake: str
+    lake: str | Lake  # a Lake carries the driver's S3 settings to workers; a str uses the worker's environment
     batch_size: int = 16
     max_length: int | None = 512
     state_dtype: str = "float32"
