@@ -7,8 +7,12 @@ read by pyarrow or polars is self-describing):
     {lake}/similarity/model={m}/checkpoint={c}/pivot_lang={p}/lang={l}/part-0.parquet
     {lake}/runs/model={m}/checkpoint={c}/{run_id}.parquet
     {lake}/benchmarks/{name}.parquet            (downstream results imported by `neuronxa-ray import-benchmarks`)
-    {lake}/_done/model={m}/checkpoint={c}/pivot_lang={p}/lang={l}.json   (written last: that language is complete)
-Every file is written under a temporary name and renamed into place, so readers never see a partial file.
+    {lake}/attempts/run_id={r}/part-{n}.parquet
+    {lake}/_done/model={m}/checkpoint={c}/pivot_lang={p}/lang={l}.json   (written last: names every file, size, rows)
+    {lake}/_leases/model={m}/checkpoint={c}/{run_id}.json                 (a live run's claim, with its heartbeat)
+The lake is a local directory or an object-store URI (storage.py). Local files are written under a temporary name
+and renamed into place; object-store files once under their final name. A language counts only when its marker
+verifies (files present with the recorded sizes and row counts).
 """
 
 from __future__ import annotations
