@@ -213,7 +213,10 @@ class Storage:
 
     def exists(self) -> bool:
         """Whether the root exists (a directory locally; anything under the prefix on an object store)."""
-        fi = self.fs.get_file_info(self.base)
+        try:
+            fi = self.fs.get_file_info(self.base)
+        except (OSError, pa.ArrowException) as e:
+            raise ValueError(f"lake {self.uri!r} cannot be read: {_cause(str(e), self.bucket)}") from None
         return fi.type == pafs.FileType.Directory
 
     def list(self, rel: str = "") -> list[Entry]:

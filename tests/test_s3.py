@@ -124,6 +124,15 @@ def test_bad_s3_lake_fails_in_one_line_before_models_load(s3_env, tiny, tmp_path
         assert s3_env["fs"].get_file_info("no-such-bucket").type == pafs.FileType.NotFound
 
 
+def test_sql_on_a_missing_or_unreachable_s3_lake_is_one_line(s3_env, monkeypatch, capsys):
+    assert main(["sql", "--lake", f"s3://{s3_env['bucket']}/nothing-here", "SELECT 1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    assert main(["scores", "--lake", f"s3://{s3_env['bucket']}/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be read" in err
+
+
 def test_unknown_scheme_fails_before_models_load(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _no_model_load(monkeypatch)
