@@ -15,7 +15,7 @@ METHOD_LABELS = {"nas": "NASCA", "nav": "NAVCA", "hidden": "MEXA", "hidden_last"
 
 
 def _lake_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lake", default=None, help="lake directory (default: the job's lake, else ./lake)")
+    p.add_argument("--lake", default=None, help="lake directory or URI (s3://, gs://, az://; default ./lake)")
 
 
 def _codes(text: str) -> list[str]:
@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     _lake_arg(imp)
     imp.add_argument("file", help="table with columns benchmark, lang, value (optional model, checkpoint)")
     imp.add_argument("--name", help="name of the stored file (default: the input's stem)")
+    lake = sub.add_parser("lake", help="maintain the lake")
+    lake_sub = lake.add_subparsers(dest="lake_command", required=True)
+    check = lake_sub.add_parser("check", help="list broken, stale and orphaned files (exit 1 if any remain)")
+    _lake_arg(check)
+    check.add_argument("--repair", action="store_true", help="delete them, so a rerun recomputes exactly those")
     return ap
 
 
@@ -256,8 +261,9 @@ def _lake_dir(args) -> str:
 
 def _check_lake(path: str) -> None:
     from neuronxa_ray.errors import NeuronxaError
+    from neuronxa_ray.lake import Lake
 
-    if "://" not in path and not Path(path).is_dir():
+    if not Lake(path).exists():
         raise NeuronxaError(f"lake {path!r} does not exist (run a job first, or pass --lake DIR)")
 
 
@@ -329,12 +335,11 @@ def cmd_scores(args) -> int:
 
 
 def cmd_import_benchmarks(args) -> int:
-    import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
     from neuronxa_ray.errors import NeuronxaError
-    from neuronxa_ray.lake import SCHEMAS, Lake, slug
+    from neuronxa_ray.lake import Lake
 
     src = Path(args.file)
     if not src.is_file():
@@ -347,18 +352,29 @@ def cmd_import_benchmarks(args) -> int:
     missing = {"benchmark", "lang", "value"} - set(table.column_names)
     if missing:
         raise NeuronxaError(f"{src}: missing columns {sorted(missing)} (need benchmark, lang, value)")
-    schema = SCHEMAS["benchmarks"]
-    cols = {}
-    for f in schema:
-        if f.name in table.column_names:
-            cols[f.name] = table.column(f.name).cast(f.type)
-        else:
-            cols[f.name] = pa.nulls(table.num_rows, f.type)
     lake = Lake(_lake_dir(args))
-    name = slug(args.name or src.stem)
-    path = lake.write("benchmarks", pa.table(cols, schema=schema), lake.root / "benchmarks" / f"{name}.parquet")
-    print(f"{table.num_rows} rows -> {path}", file=sys.stderr)
+    written = lake.write_benchmarks(args.name or src.stem, table)
+    print(f"{table.num_rows} rows -> {lake.uri_of(written.path)}", file=sys.stderr)
     return 0
+
+
+def cmd_lake(args) -> int:
+    """lake check [--repair]: exit 0 when the lake is clean, 1 when problems remain."""
+    from neuronxa_ray.lake import Lake
+
+    lake = Lake(_lake_dir(args))
+    _check_lake(lake.uri)
+    problems = lake.check(repair=False)
+    for p in problems:
+        print(p)
+    if args.repair and problems:
+        remaining = lake.check(repair=True)
+        print(f"repaired {len(problems) - len(remaining)} problem(s); rerun the job to recompute", file=sys.stderr)
+        problems = remaining
+        for p in problems:
+            print(f"still: {p}")
+    print(f"lake {lake.uri}: {len(problems) or 'no'} problem(s)", file=sys.stderr)
+    return 1 if problems else 0
 
 
 COMMANDS = {
@@ -367,6 +383,7 @@ COMMANDS = {
     "sql": cmd_sql,
     "scores": cmd_scores,
     "import-benchmarks": cmd_import_benchmarks,
+    "lake": cmd_lake,
 }
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 2  # per actor: one running, one queued, so an actor never waits for the driver
 ATTEMPTS_FLUSH_S = 30.0  # attempts rows reach the lake at least this often
+LEASE_RENEW_S = 60.0  # heartbeat of this run's checkpoint leases (they go stale after 15 minutes without one)
 
 
 @dataclass
@@ -293,9 +294,13 @@ class Scheduler:
         self.pivot_ref: dict[int, Any] = {}
         self.pivot_failed: dict[int, str] = {}
         self.states_refs: dict[int, Any] = {}
-        self.lakes = {i: Lake(p.job.lake) for i, p in enumerate(plans)}
+        by_root: dict[str, Lake] = {}
+        self.lakes = {i: by_root.setdefault(p.job.lake, Lake(p.job.lake)) for i, p in enumerate(plans)}
+        self.leases: list = []  # one per (model, checkpoint): a concurrent run with other settings is refused
+        self._last_renew = time.monotonic()
         self.attempt_rows: dict[str, list[dict]] = {}
         self.attempt_parts: dict[str, int] = {}
+        self._attempt_lakes: dict[str, Lake] = {}
         self._last_attempts_flush = time.monotonic()
         self.bar = _progress(len(self.units), progress)
         self.finished = 0
@@ -353,7 +358,7 @@ class Scheduler:
     def _settings(self, pi: int) -> WorkerSettings:
         plan = self.plans[pi]
         job = plan.job
-        return WorkerSettings(self.lakes[pi].uri, job.batch_size, plan.max_length, job.state_dtype, job.store_states)
+        return WorkerSettings(self.lakes[pi], job.batch_size, plan.max_length, job.state_dtype, job.store_states)
 
     def _pivot_refs(self, pi: int) -> list:
         if self.pivot_ref.get(pi) is None:  # complete in the lake: read once, shared by every actor
@@ -414,6 +419,28 @@ class Scheduler:
             slot.loads += 1
 
     # ----- events
+    def acquire_leases(self) -> None:
+        """Claim every checkpoint this run writes; raises (releasing what it took) if another run with other
+        settings is writing one of them."""
+        for pi, plan in enumerate(self.plans):
+            try:
+                self.leases.append(self.lakes[pi].acquire(*plan.key, plan.fingerprint, self.run_id))
+            except Exception:
+                self.release_leases()
+                raise
+
+    def _renew_leases(self) -> None:
+        if time.monotonic() - self._last_renew > LEASE_RENEW_S:
+            self._last_renew = time.monotonic()
+            for lease in self.leases:
+                lease.renew()
+
+    def release_leases(self) -> None:
+        for lease in self.leases:
+            with contextlib.suppress(Exception):  # a lease left behind goes stale and is taken over
+                lease.release()
+        self.leases = []
+
     def run(self) -> None:
         try:
             while not self._all_settled():
@@ -428,6 +455,7 @@ class Scheduler:
                     self._handle(ref)
                 self.pool.expire()
                 self._flush_attempts(force=False)
+                self._renew_leases()
         finally:
             self.bar.close()
             self._flush_attempts(force=True)
@@ -616,6 +644,7 @@ class Scheduler:
             "error": error,
         }
         self.attempt_rows.setdefault(self.lakes[unit.plan].uri, []).append(row)
+        self._attempt_lakes[self.lakes[unit.plan].uri] = self.lakes[unit.plan]
 
     def _flush_attempts(self, force: bool) -> None:
         if not force and time.monotonic() - self._last_attempts_flush < ATTEMPTS_FLUSH_S:
@@ -625,7 +654,7 @@ class Scheduler:
             if rows:
                 part = self.attempt_parts.get(uri, 0)
                 try:
-                    Lake(uri).write_attempts(self.run_id, part, rows)
+                    self._attempt_lakes[uri].write_attempts(self.run_id, part, rows)
                 except Exception as e:  # bookkeeping must not end a run
                     log.warning("could not write attempts to %s: %s", uri, e)
                     continue
@@ -785,16 +814,18 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
     pool = ActorPool(
         ray, size, ray_options, threads, options.worker_factory, min(p.job.placement_timeout_s for p in plans)
     )
-    pool.start()
-    startup_s = time.perf_counter() - t_start
+    scheduler = Scheduler(ray, pool, plans, {}, run_id, options.progress)
+    scheduler.acquire_leases()
     try:
-        tokens = _tokenize_all(plans, first_tokenizer)
+        pool.start()
+        startup_s = time.perf_counter() - t_start
+        scheduler.tokens = _tokenize_all(plans, first_tokenizer)
         log.info("%d actor(s) placed in %.1fs; %d unit(s) to run", size, startup_s, sum(len(p.todo) for p in plans))
-        scheduler = Scheduler(ray, pool, plans, tokens, run_id, options.progress)
         scheduler.run()
         loads = sum(s.loads for s in pool.slots)
     finally:
         pool.shutdown()
+        scheduler.release_leases()
     wall_s = time.perf_counter() - t_start
     runs = []
     for i, plan in enumerate(plans):

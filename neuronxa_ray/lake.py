@@ -7,18 +7,25 @@ read by pyarrow or polars is self-describing):
     {lake}/similarity/model={m}/checkpoint={c}/pivot_lang={p}/lang={l}/part-0.parquet
     {lake}/runs/model={m}/checkpoint={c}/{run_id}.parquet
     {lake}/benchmarks/{name}.parquet            (downstream results imported by `neuronxa-ray import-benchmarks`)
-    {lake}/_done/model={m}/checkpoint={c}/pivot_lang={p}/lang={l}.json   (written last: that language is complete)
-Every file is written under a temporary name and renamed into place, so readers never see a partial file.
+    {lake}/attempts/run_id={r}/part-{n}.parquet
+    {lake}/_done/model={m}/checkpoint={c}/pivot_lang={p}/lang={l}.json   (written last: names every file, size, rows)
+    {lake}/_leases/model={m}/checkpoint={c}/{run_id}.json                 (a live run's claim, with its heartbeat)
+The lake is a local directory or an object-store URI (storage.py). Local files are written under a temporary name
+and renamed into place; object-store files once under their final name. A language counts only when its marker
+verifies (files present with the recorded sizes and row counts).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
+import logging
 import os
+import posixpath
 import re
-import uuid
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neuronxa_ray.errors import NeuronxaError
+from neuronxa_ray.storage import Entry, Storage
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "2"  # 2: the pivot column is pivot_lang (pivot is a DuckDB keyword)
 METADATA_KEY = b"neuronxa_ray.schema_version"
@@ -118,11 +128,11 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("run_id", pa.string(), False),
             *_KEYS,
             pa.field("lang", pa.string(), False),
-            pa.field("attempt", pa.int32(), False),
+            pa.field("attempt", pa.int32(), False),  # 1 for the first try of the language in this run
             pa.field("node", pa.string()),
             pa.field("device", pa.string()),
-            pa.field("started_at", pa.timestamp("us", tz="UTC"), False),
-            pa.field("finished_at", pa.timestamp("us", tz="UTC"), False),
+            pa.field("started_at", pa.timestamp("us", tz="UTC")),
+            pa.field("finished_at", pa.timestamp("us", tz="UTC")),
             pa.field("status", pa.string(), False),  # ok | failed | lost
             pa.field("error", pa.string()),
         ],
@@ -168,65 +178,175 @@ def slug(value: str) -> str:
 
 @dataclass(frozen=True)
 class WrittenFile:
-    """A file a write produced: its path, size and row count (what a completion marker records and verifies)."""
+    """A file the lake wrote: its path relative to the lake root, its size in bytes and its row count."""
 
-    table: str
     path: str
     bytes: int
     rows: int
+    table: str = ""
+
+    def record(self) -> dict:
+        return {
+            "table": self.table or self.path.split("/", 1)[0],
+            "path": self.path,
+            "bytes": self.bytes,
+            "rows": self.rows,
+        }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something `lake check` found: kind is broken | stale | orphaned | temporary | stale-lease | legacy."""
+
+    kind: str
+    path: str  # the marker, file or lease (relative to the lake root)
+    detail: str
+    delete: tuple[str, ...] = ()  # what --repair deletes
+
+    def __str__(self) -> str:
+        return f"{self.kind:<11} {self.path}: {self.detail}"
+
+
+@dataclass
+class Scan:
+    """Every marker of the lake, verified: the complete languages and what is wrong with the rest."""
+
+    complete: list[dict]  # marker records that verify and agree with their pivot's checkpoint_fingerprint
+    problems: list[Problem]
+    excluded: list[str]  # one line per language left out of the views, and why
+
+
+@dataclass
+class Lease:
+    """A claim on (model, checkpoint) by one run: other runs with other settings are refused while it is live."""
+
+    lake: Lake
+    model: str
+    checkpoint: str
+    checkpoint_fingerprint: str
+    run_id: str
+    path: str
+    timeout_s: float
+
+    def _record(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "model": self.model,
+            "checkpoint": self.checkpoint,
+            "checkpoint_fingerprint": self.checkpoint_fingerprint,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "heartbeat": time.time(),
+            "timeout_s": self.timeout_s,
+        }
+
+    def renew(self) -> None:
+        """Refresh the heartbeat (call well within timeout_s, e.g. after each language)."""
+        self.lake.storage.write_bytes(self.path, json.dumps(self._record()).encode())
+
+    def release(self) -> None:
+        self.lake.storage.delete(self.path)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+LEASE_TIMEOUT_S = 900.0  # a lease whose heartbeat is older than this is stale (its run died) and is taken over
+TABLES_WITH_MARKERS = ("sentence_states", "neuron_counts", "similarity")
+FREE_TABLES = ("runs", "benchmarks", "attempts")  # no markers: each file is one complete write
 
 
 class Lake:
-    """Paths and atomic Parquet writes under one lake root (a local or shared directory)."""
+    """The lake's layout, atomic writes and verified completion markers over one storage root (local or URI).
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser().resolve()  # absolute in the driver, before anything is shipped
+    Paths handed out and taken (language_file, files, WrittenFile.path, marker records) are relative to the
+    root, so a lake can be copied or moved; `uri_of(path)` gives the full path or URI.
+    """
+
+    def __init__(self, root: str | Path | Lake) -> None:
+        self.storage = root.storage if isinstance(root, Lake) else Storage.from_root(root)
+
+    def __getstate__(self) -> dict:  # the storage ships its URI and settings; each process builds its filesystem
+        return {"storage": self.storage}
+
+    def __repr__(self) -> str:
+        return f"Lake({self.uri!r})"
 
     @property
     def uri(self) -> str:
-        return str(self.root)
+        """The absolute local path or the URI of the lake."""
+        return self.storage.uri
+
+    @property
+    def root(self) -> Path:
+        """The root as a local Path (local lakes only)."""
+        if not self.storage.is_local:
+            raise NeuronxaError(f"lake {self.uri!r} is not a local directory")
+        return Path(self.storage.base)
+
+    def uri_of(self, path: str) -> str:
+        return self.storage.full_uri(self.storage.relative(path))
+
+    def exists(self) -> bool:
+        return self.storage.exists()
 
     def check_writable(self) -> None:
-        """Fail in one line, before any model loads, when the lake cannot be written."""
-        if self.root.exists() and not self.root.is_dir():
-            raise NeuronxaError(f"lake {self.uri!r} is a file, not a directory")
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".write-probe-{uuid.uuid4().hex}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise NeuronxaError(f"lake {self.uri!r} is not writable: {e.strerror or e}") from e
+        """Raise ValueError naming the lake and the cause unless it can be written (seconds; before models load)."""
+        self.storage.check_writable()
+        self._reject_schema_1()
 
-    def _partition(self, table: str, model: str, checkpoint: str, **more: str) -> Path:
-        path = self.root / table / f"model={slug(model)}" / f"checkpoint={slug(checkpoint)}"
-        for key, value in more.items():
-            path = path / f"{key}={slug(value)}"
-        return path
+    # -- layout --------------------------------------------------------------------------------------------------
+    def _partition(self, table: str, model: str, checkpoint: str, **more: str) -> str:
+        parts = [table, f"model={slug(model)}", f"checkpoint={slug(checkpoint)}"]
+        parts += [f"{key}={slug(value)}" for key, value in more.items()]
+        return "/".join(parts)
 
-    def language_file(self, table: str, model: str, checkpoint: str, lang: str, pivot: str | None = None) -> Path:
+    def language_file(self, table: str, model: str, checkpoint: str, lang: str, pivot: str | None = None) -> str:
         extra = {"pivot_lang": pivot} if table == "similarity" else {}
-        return self._partition(table, model, checkpoint, **extra, lang=lang) / "part-0.parquet"
+        return self._partition(table, model, checkpoint, **extra, lang=lang) + "/part-0.parquet"
 
-    def done_marker(self, model: str, checkpoint: str, pivot: str, lang: str) -> Path:
-        return self._partition("_done", model, checkpoint, pivot_lang=pivot).joinpath(f"lang={slug(lang)}.json")
+    def done_marker(self, model: str, checkpoint: str, pivot: str, lang: str) -> str:
+        return self._partition("_done", model, checkpoint, pivot_lang=pivot) + f"/lang={slug(lang)}.json"
 
-    def completion(self, model: str, checkpoint: str, pivot: str, lang: str) -> dict | None:
-        """The language's completion marker when it exists and its files are there with the recorded sizes."""
-        marker = self.done_marker(model, checkpoint, pivot, lang)
-        try:
-            record = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            return None
-        for f in record.get("files", []):
-            path = self.root / f["path"]
-            if not path.is_file() or path.stat().st_size != f["bytes"]:
-                return None
-        return record
+    def _lease_dir(self, model: str, checkpoint: str) -> str:
+        return self._partition("_leases", model, checkpoint)
 
-    def is_done(self, model: str, checkpoint: str, pivot: str, lang: str, fingerprint: str) -> bool:
-        record = self.completion(model, checkpoint, pivot, lang)
-        return record is not None and record.get("fingerprint") == fingerprint
+    # -- writing -------------------------------------------------------------------------------------------------
+    def write(
+        self, table: str, data: pa.Table | dict[str, Any], path: str | Path, state_dtype: str = "float32"
+    ) -> WrittenFile:
+        """Write rows of a known table to path (relative to the root), atomically, with the table's schema."""
+        schema = table_schema(table, state_dtype)
+        data = pa.table(data, schema=schema) if isinstance(data, dict) else data.cast(schema)
+        rel = self.storage.relative(path)
+        options = WRITE_OPTIONS.get(table, {})
+        size = self.storage.write_with(
+            rel, lambda out: pq.write_table(data, out, compression="zstd", row_group_size=64 * 1024, **options)
+        )
+        return WrittenFile(rel, size, data.num_rows, table)
+
+    def write_run(self, row: dict) -> WrittenFile:
+        """One row of the runs table (a rerun adds a file; latest_runs keeps the newest)."""
+        path = self._partition("runs", row["model"], row["checkpoint"]) + f"/{slug(row['run_id'])}.parquet"
+        return self.write("runs", {k: [row.get(k)] for k in SCHEMAS["runs"].names}, path)
+
+    def write_benchmarks(self, name: str, table: pa.Table) -> WrittenFile:
+        """Downstream results (benchmark, lang, value[, model, checkpoint]) under benchmarks/{name}.parquet."""
+        schema = SCHEMAS["benchmarks"]
+        cols = {
+            f.name: table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+            for f in schema
+        }
+        return self.write("benchmarks", pa.table(cols, schema=schema), f"benchmarks/{slug(name)}.parquet")
+
+    def write_attempts(self, run_id: str, part: int, rows: list[dict]) -> WrittenFile:
+        """Attempts of a run's languages (one row per try: ok | failed | lost), one file per part."""
+        schema = SCHEMAS["attempts"]
+        cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+        return self.write("attempts", cols, f"attempts/run_id={slug(run_id)}/part-{int(part):05d}.parquet")
 
     def mark_done(
         self,
@@ -236,47 +356,95 @@ class Lake:
         lang: str,
         fingerprint: str,
         info: dict,
-        files: list[WrittenFile] = (),
+        files: list[WrittenFile] | None = None,
     ) -> None:
-        marker = self.done_marker(model, checkpoint, pivot, lang)
-        record = {"fingerprint": fingerprint, **info, "files": [dataclasses.asdict(f) for f in files]}
-        _atomic_write_bytes(marker, json.dumps(record).encode())
+        """Write the language's completion marker, last: it names every file with its size and rows."""
+        record = {
+            "fingerprint": fingerprint,
+            "checkpoint_fingerprint": info.get("checkpoint_fingerprint", ""),
+            **info,
+            "model": model,
+            "checkpoint": checkpoint,
+            "pivot_lang": pivot,
+            "lang": lang,
+            "schema_version": SCHEMA_VERSION,
+            "host": socket.gethostname(),
+            "written_at": time.time(),
+            "files": [f.record() for f in files or []],
+        }
+        self.storage.write_bytes(self.done_marker(model, checkpoint, pivot, lang), json.dumps(record).encode())
 
-    def write_run(self, row: dict) -> WrittenFile:
-        path = self._partition("runs", row["model"], row["checkpoint"]) / f"{row['run_id']}.parquet"
-        return self.write("runs", {k: [v] for k, v in row.items()}, path)
+    # -- reading and verification --------------------------------------------------------------------------------
+    def _read_marker(self, rel: str) -> dict:
+        record = json.loads(self.storage.read_bytes(rel))
+        if not isinstance(record, dict) or "fingerprint" not in record:
+            raise NeuronxaError("not a completion marker")
+        return record
 
-    def write_attempts(self, run_id: str, part: int, rows: list[dict]) -> WrittenFile:
-        path = self.root / "attempts" / f"run_id={slug(run_id)}" / f"part-{part:05d}.parquet"
-        cols = {f.name: [r.get(f.name) for r in rows] for f in SCHEMAS["attempts"]}
-        return self.write("attempts", cols, path)
+    def verify(self, record: dict, sizes: dict[str, int] | None = None) -> list[str]:
+        """What is wrong with a marker's files (missing, other size, unreadable footer, other row count); [] if ok.
 
-    def write(
-        self, table: str, data: pa.Table | dict[str, Any], path: Path, state_dtype: str = "float32"
-    ) -> WrittenFile:
-        """Write rows of a known table to path, atomically, with the table's explicit schema."""
-        schema = table_schema(table, state_dtype)
-        if isinstance(data, dict):
-            data = pa.table(data, schema=schema)
-        else:
-            data = data.cast(schema)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        sizes: path -> bytes from one listing (saves a request per file on object stores)."""
+        if "files" not in record:
+            return ["the marker lists no files (written by an older neuronxa_ray)"]
+        wrong = []
+        for f in record["files"]:
+            path = f["path"]
+            size = sizes.get(path) if sizes is not None else getattr(self.storage.info(path), "size", None)
+            if size is None:
+                wrong.append(f"{path} is missing")
+                continue
+            if size != f["bytes"]:
+                wrong.append(f"{path} has {size} bytes, the marker recorded {f['bytes']}")
+                continue
+            try:
+                with self.storage.open_input_file(path) as src:
+                    rows = pq.read_metadata(src).num_rows
+            except (OSError, pa.ArrowException) as e:
+                wrong.append(f"{path} is not readable Parquet ({' '.join(str(e).split())[:120]})")
+                continue
+            if rows != f["rows"]:
+                wrong.append(f"{path} has {rows} rows, the marker recorded {f['rows']}")
+        return wrong
+
+    def completion(self, model: str, checkpoint: str, pivot: str, lang: str) -> dict | None:
+        """The language's marker record when it exists and its files verify; else None (warning what is wrong)."""
+        rel = self.done_marker(model, checkpoint, pivot, lang)
         try:
-            pq.write_table(data, tmp, compression="zstd", row_group_size=64 * 1024, **WRITE_OPTIONS.get(table, {}))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return WrittenFile(table, str(path.relative_to(self.root)), path.stat().st_size, data.num_rows)
+            record = self._read_marker(rel)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.warning(
+                "lake %s: completion marker %s is unreadable (%s); the language will be redone", self.uri, rel, e
+            )
+            return None
+        wrong = self.verify(record)
+        if wrong:
+            log.warning(
+                "lake %s: %s @ %s, pivot %s, %s is not complete: %s; it will be redone",
+                self.uri,
+                model,
+                checkpoint,
+                pivot,
+                lang,
+                "; ".join(wrong),
+            )
+            return None
+        return record
 
-    def files(self, table: str) -> list[Path]:
-        base = self.root / table
-        return sorted(p for p in base.rglob("*.parquet") if not p.name.startswith(".")) if base.exists() else []
+    def is_done(self, model: str, checkpoint: str, pivot: str, lang: str, fingerprint: str) -> bool:
+        record = self.completion(model, checkpoint, pivot, lang)
+        return record is not None and record.get("fingerprint") == fingerprint
+
+    def files(self, table: str) -> list[str]:
+        """Every Parquet file of a table (relative paths), complete or not; temporary files excluded."""
+        return [e.path for e in self.storage.list(table) if _is_parquet(e.path)]
 
     def read_states(self, model: str, checkpoint: str, lang: str) -> dict[str, np.ndarray]:
         """method -> [n, layers, dim] float32 states of one language, as written by write_states."""
-        path = self.language_file("sentence_states", model, checkpoint, lang)
-        table = pq.read_table(path, columns=["sentence", "method", "layer", "state"])
+        path = self.storage.path(self.language_file("sentence_states", model, checkpoint, lang))
+        table = pq.read_table(path, columns=["sentence", "method", "layer", "state"], filesystem=self.storage.fs)
         out: dict[str, np.ndarray] = {}
         methods = table.column("method").to_numpy(zero_copy_only=False)
         for method in dict.fromkeys(methods):
@@ -290,12 +458,187 @@ class Lake:
             out[str(method)] = arr
         return out
 
+    def _reject_schema_1(self, entries: list[Entry] | None = None) -> None:
+        entries = self.storage.list("_done") if entries is None else entries
+        if any("/pivot=" in e.path for e in entries):
+            raise NeuronxaError(
+                f"lake {self.uri!r} was written by schema 1 (column pivot, partitions pivot=); this version reads "
+                f"schema {SCHEMA_VERSION} (pivot_lang): rerun into a new lake"
+            )
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    def scan(self, workers: int = 16) -> Scan:
+        """Read and verify every marker (one listing, markers and Parquet footers read in parallel)."""
+        entries = self.storage.list()
+        self._reject_schema_1(entries)
+        sizes = {e.path: e.size for e in entries}
+        marker_paths = [e.path for e in entries if e.path.startswith("_done/") and e.path.endswith(".json")]
+
+        def load(rel: str) -> tuple[str, dict | None, list[str]]:
+            try:
+                record = self._read_marker(rel)
+            except (OSError, ValueError) as e:
+                return rel, None, [f"unreadable marker ({' '.join(str(e).split())[:120]})"]
+            return rel, record, self.verify(record, sizes)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(load, marker_paths))
+        problems: list[Problem] = []
+        ok: dict[str, dict] = {}
+        for rel, record, wrong in results:
+            if not wrong:
+                ok[rel] = record
+        named_by_ok = {f["path"] for r in ok.values() for f in r["files"]}
+        for rel, record, wrong in results:
+            if wrong:
+                own = tuple(f["path"] for f in (record or {}).get("files", []) if f["path"] not in named_by_ok)
+                own = tuple(p for p in own if p in sizes)
+                kind = "legacy" if record is not None and "files" not in record else "broken"
+                problems.append(Problem(kind, rel, "; ".join(wrong), (rel, *own)))
+        complete, excluded = [], []
+        for rel, record in ok.items():
+            what = f"{record['model']} @ {record['checkpoint']}, pivot {record['pivot_lang']}, {record['lang']}"
+            pivot_rel = self.done_marker(
+                record["model"], record["checkpoint"], record["pivot_lang"], record["pivot_lang"]
+            )
+            pivot = ok.get(pivot_rel)
+            if pivot is None:
+                excluded.append(f"{what}: its pivot's marker {pivot_rel} is missing or does not verify")
+                continue
+            if pivot.get("checkpoint_fingerprint") != record.get("checkpoint_fingerprint"):
+                detail = (
+                    f"computed with other settings or weights than its pivot (checkpoint_fingerprint "
+                    f"{record.get('checkpoint_fingerprint')!r} vs {pivot.get('checkpoint_fingerprint')!r})"
+                )
+                excluded.append(f"{what}: {detail}")
+                problems.append(Problem("stale", rel, detail, (rel,)))
+                continue
+            complete.append(record)
+        # Orphans: Parquet files no verified marker names, outside (model, checkpoint)s a live run is writing.
+        live = {posixpath.dirname(lease) for lease in self._live_leases(entries, problems)}
+        named = named_by_ok | {f["path"] for _, r, _ in results if r for f in r.get("files", [])}
+        for e in entries:
+            head = e.path.split("/", 1)[0]
+            base = posixpath.basename(e.path)
+            if (base.startswith(".") and base.endswith(".tmp")) or head == "_probe":
+                problems.append(Problem("temporary", e.path, "left by an interrupted write", (e.path,)))
+            elif head in TABLES_WITH_MARKERS and _is_parquet(e.path) and e.path not in named:
+                key = "_leases/" + "/".join(e.path.split("/")[1:3])
+                if key not in live:
+                    problems.append(Problem("orphaned", e.path, "no completion marker names it", (e.path,)))
+        return Scan(complete, problems, excluded)
+
+    def _live_leases(self, entries: list[Entry], problems: list[Problem]) -> list[str]:
+        live = []
+        for e in entries:
+            if not (e.path.startswith("_leases/") and e.path.endswith(".json")):
+                continue
+            try:
+                record = json.loads(self.storage.read_bytes(e.path))
+                age = time.time() - float(record["heartbeat"])
+            except (OSError, ValueError, KeyError, TypeError):
+                problems.append(Problem("stale-lease", e.path, "unreadable lease", (e.path,)))
+                continue
+            if age > float(record.get("timeout_s", LEASE_TIMEOUT_S)):
+                detail = f"run {record.get('run_id')} on {record.get('host')}: no heartbeat for {age:.0f}s"
+                problems.append(Problem("stale-lease", e.path, detail, (e.path,)))
+            else:
+                live.append(e.path)
+        return live
+
+    def verified_files(self, workers: int = 16) -> dict[str, list[str]]:
+        """table -> the files views may read: marker-verified files of complete languages, and the runs,
+        benchmarks and attempts files whose Parquet footer reads (others skipped with a warning naming them)."""
+        scan = self.scan(workers)
+        for line in scan.excluded:
+            log.warning("lake %s: left out %s", self.uri, line)
+        for p in scan.problems:
+            if p.kind in ("broken", "legacy"):
+                log.warning("lake %s: left out %s (%s)", self.uri, p.path, p.detail)
+        out: dict[str, list[str]] = {t: [] for t in (*TABLES_WITH_MARKERS, *FREE_TABLES)}
+        for record in scan.complete:
+            for f in record["files"]:
+                if f["table"] in out and f["path"] not in out[f["table"]]:
+                    out[f["table"]].append(f["path"])
+
+        def readable(rel: str) -> str | None:
+            try:
+                with self.storage.open_input_file(rel) as src:
+                    pq.read_metadata(src)
+                return rel
+            except (OSError, pa.ArrowException) as e:
+                log.warning("lake %s: skipped unreadable file %s (%s)", self.uri, rel, " ".join(str(e).split())[:120])
+                return None
+
+        free = [(t, p) for t in FREE_TABLES for p in self.files(t)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for (table, _), ok in zip(free, pool.map(lambda tp: readable(tp[1]), free)):
+                if ok:
+                    out[table].append(ok)
+        return {t: sorted(v) for t, v in out.items()}
+
+    def check(self, repair: bool = False) -> list[Problem]:
+        """What is broken, stale or orphaned; with repair, delete it (a rerun recomputes exactly those)."""
+        problems = self.scan().problems
+        if repair:
+            for p in problems:
+                for rel in p.delete:
+                    self.storage.delete(rel)
+                    log.info("deleted %s", rel)
+            problems = self.scan().problems
+        return problems
+
+    # -- concurrent writers --------------------------------------------------------------------------------------
+    def acquire(
+        self, model: str, checkpoint: str, checkpoint_fingerprint: str, run_id: str, timeout_s: float = LEASE_TIMEOUT_S
+    ) -> Lease:
+        """Claim (model, checkpoint) for a run. Runs with the same checkpoint_fingerprint share it (they write the
+        same bytes); a live lease with another fingerprint raises ValueError naming that run; stale ones are
+        taken over. Write-then-list: of two conflicting runs racing, at most one proceeds."""
+        lease = Lease(
+            self,
+            model,
+            checkpoint,
+            checkpoint_fingerprint,
+            run_id,
+            f"{self._lease_dir(model, checkpoint)}/{slug(run_id)}.json",
+            timeout_s,
+        )
+        lease.renew()
+        for e in self.storage.list(self._lease_dir(model, checkpoint)):
+            if e.path == lease.path or not e.path.endswith(".json"):
+                continue
+            try:
+                other = json.loads(self.storage.read_bytes(e.path))
+                age = time.time() - float(other["heartbeat"])
+            except FileNotFoundError:
+                continue  # released meanwhile
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warning("lake %s: removing unreadable lease %s", self.uri, e.path)
+                self.storage.delete(e.path)
+                continue
+            if age > float(other.get("timeout_s", timeout_s)):
+                log.warning(
+                    "lake %s: taking over the stale lease of run %s on %s (no heartbeat for %.0fs)",
+                    self.uri,
+                    other.get("run_id"),
+                    other.get("host"),
+                    age,
+                )
+                self.storage.delete(e.path)
+                continue
+            if other.get("checkpoint_fingerprint") != checkpoint_fingerprint:
+                lease.release()
+                raise NeuronxaError(
+                    f"lake {self.uri!r}: {model} @ {checkpoint} is being written by run {other.get('run_id')} on "
+                    f"{other.get('host')} (pid {other.get('pid')}) with other settings (checkpoint_fingerprint "
+                    f"{other.get('checkpoint_fingerprint')!r}, this run {checkpoint_fingerprint!r}); wait for it, "
+                    "or write another lake"
+                )
+        return lease
+
+
+def _is_parquet(path: str) -> bool:
+    return path.endswith(".parquet") and not posixpath.basename(path).startswith(".")
 
 
 def list_array(values: np.ndarray, dtype: pa.DataType) -> pa.ListArray:

@@ -13,9 +13,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from neuronxa_ray.lake import SCHEMAS, Lake
+from neuronxa_ray.lake import Lake, table_schema
 
-RAW_TABLES = ("sentence_states", "neuron_counts", "similarity", "runs", "attempts", "benchmarks")
+RAW_TABLES = ("sentence_states", "neuron_counts", "similarity", "runs", "benchmarks", "attempts")
 
 
 def _quote(text: str) -> str:
@@ -36,20 +36,43 @@ def sql_texts() -> list[tuple[str, str]]:
     return texts
 
 
-def connect(lake_root: str | Path, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection exposing every lake table and view (see README: 'The lake')."""
-    lake = Lake(lake_root)
+def connect(lake: str | Path | Lake, database: str = ":memory:", reader: str = "auto") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection exposing every lake table and view (see README: 'The lake').
+
+    Views read only verified files: languages whose completion marker verifies and agrees with its pivot's
+    checkpoint_fingerprint; runs/benchmarks/attempts files whose footer reads (the rest are left out with a
+    warning naming them). reader: 'duckdb' (DuckDB's own Parquet reader over a list of local files), 'arrow'
+    (pyarrow datasets on the lake's filesystem, handed to DuckDB; works for every store, no DuckDB extension),
+    'auto' (duckdb for a local lake, arrow for object stores).
+    """
+    import pyarrow.dataset as ds
+
+    if reader not in ("auto", "duckdb", "arrow"):
+        raise ValueError(f"reader {reader!r}: allowed auto, duckdb, arrow")
+    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    native = reader == "duckdb" or (reader == "auto" and lake.storage.is_local)
+    if native and not lake.storage.is_local:
+        raise ValueError(f"reader 'duckdb' needs a local lake; {lake.uri!r} is remote (use reader 'arrow')")
+    files = lake.verified_files()
     con = duckdb.connect(database)
     for table in RAW_TABLES:
-        if lake.files(table):
-            glob = _quote(str(lake.root / table / "**" / "*.parquet"))
+        paths = files.get(table, [])
+        schema = table_schema(table)
+        if not paths:  # no files yet: an empty view with the table's columns, so every query still binds
+            con.register(f"_empty_{table}", pa.table({f.name: pa.array([], f.type) for f in schema}))
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _empty_{table}")
+        elif native:
+            listed = ", ".join(_quote(lake.storage.path(p)) for p in paths)
             con.execute(
-                f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet({glob}, union_by_name = true, "
+                f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet([{listed}], union_by_name = true, "
                 "hive_partitioning = false)"
             )
-        else:  # no files yet: an empty view with the table's columns, so every query still binds
-            con.register(f"_empty_{table}", pa.table({f.name: pa.array([], f.type) for f in SCHEMAS[table]}))
-            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _empty_{table}")
+        else:
+            dataset = ds.dataset(
+                [lake.storage.path(p) for p in paths], schema=schema, format="parquet", filesystem=lake.storage.fs
+            )
+            con.register(f"_arrow_{table}", dataset)
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _arrow_{table}")
     for _, text in sql_texts():
         con.execute(text)
     return con

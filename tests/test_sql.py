@@ -4,13 +4,14 @@ import datetime as dt
 import math
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import scipy.stats
 import torch
 from reference import average_ranks, cosine_matrix, mutual_nn_score, retrieval_accuracy
 
 from neuronxa_ray.extraction import cosine_matrices
-from neuronxa_ray.lake import Lake, neuron_counts_table, similarity_table, states_table
+from neuronxa_ray.lake import Lake, WrittenFile, neuron_counts_table, similarity_table, states_table
 from neuronxa_ray.sql import connect
 
 MODEL, CKPT = "org/tiny-model", "main"
@@ -69,6 +70,14 @@ def lake(tmp_path_factory):
             neuron_counts_table(MODEL, CKPT, lang, active, abs_sum, n_tokens),
             lk.language_file("neuron_counts", MODEL, CKPT, lang),
         )
+    for lang in LANGS:  # completion markers, last: views read only languages whose marker verifies
+        files = [
+            WrittenFile(p, (root / p).stat().st_size, pq.read_metadata(root / p).num_rows, t)
+            for t in ("sentence_states", "neuron_counts", "similarity")
+            for p in lk.files(t)
+            if f"lang={lang}/" in p
+        ]
+        lk.mark_done(MODEL, CKPT, "eng", lang, f"fp-{lang}", {"checkpoint_fingerprint": "fp"}, files)
     yield {"root": root, "states": states, "counts": counts, "con": connect(root)}
 
 

@@ -1,0 +1,184 @@
+"""The lake on a real S3 server (SeaweedFS on 127.0.0.1): the whole job, sql and scores, a rerun that skips
+everything, a damaged language redone, scores equal to a local lake; bad buckets, credentials and endpoints fail
+in one line before any model loads; leases across processes."""
+
+import io
+import multiprocessing as mp
+import os
+import uuid
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+from tiny_models import TEXTS, save_tiny
+
+from neuronxa_ray.cli import main, print_scores
+from neuronxa_ray.config import job_from_dict
+from neuronxa_ray.execution import run_job
+from neuronxa_ray.lake import Lake
+from neuronxa_ray.sql import connect
+
+SCORES = "SELECT method, lang, layer, score FROM alignment ORDER BY ALL"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s3job")
+    save_tiny("llama", root / "model", seed=5)
+    data = root / "data"
+    data.mkdir()
+    for lang, texts in TEXTS.items():
+        (data / f"{lang}.txt").write_text("\n".join(texts) + "\n")
+    return {
+        "model": str(root / "model"),
+        "name": "tiny-llama",
+        "data": {"path": str(data)},
+        "pivot": "eng",
+        "n_sentences": 6,
+        "batch_size": 4,
+        "device": "cpu",
+    }
+
+
+def _uri(s3, name: str) -> str:
+    return f"s3://{s3['bucket']}/{name}-{uuid.uuid4().hex[:8]}"
+
+
+def test_job_on_s3_matches_local_and_resumes(ray_session, s3_env, tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    uri = _uri(s3_env, "job")
+    runs = run_job(job_from_dict({**tiny, "lake": uri}), progress=False)
+    assert len(runs) == 1 and runs[0]["n_languages_computed"] == 3
+    assert os.listdir(tmp_path) == []  # nothing written to a local directory named after the URI
+    local = run_job(job_from_dict({**tiny, "lake": str(tmp_path / "local")}), progress=False)
+    assert local[0]["n_languages_computed"] == 3
+
+    s3_scores = connect(uri).execute(SCORES).fetchall()
+    assert len(s3_scores) == 2 * (2 * 2 + 2 * 3)
+    assert s3_scores == connect(tmp_path / "local").execute(SCORES).fetchall()
+    con = connect(uri)
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM alignment_from_states").fetchone()[0] > 0
+
+    assert main(["sql", "--lake", uri, "--format", "csv", "SELECT count(*) AS n FROM alignment"]) == 0
+    assert capsys.readouterr().out.split() == ["n", str(len(s3_scores))]
+    assert main(["scores", "--lake", uri]) == 0
+    out_s3 = capsys.readouterr().out
+    buf = io.StringIO()
+    print_scores(connect(tmp_path / "local"), out=buf)
+    assert out_s3 == buf.getvalue() and "tiny-llama" in out_s3
+    assert main(["lake", "check", "--lake", uri]) == 0
+
+    assert run_job(job_from_dict({**tiny, "lake": uri}), progress=False) == []  # rerun: nothing to do
+
+    # a run killed mid-way: one language's similarity file truncated, another's marker never written
+    lake, fs = Lake(uri), s3_env["fs"]
+    sim = lake.storage.path(lake.language_file("similarity", "tiny-llama", "main", "fra", "eng"))
+    with fs.open_input_stream(sim) as f:
+        data = f.read()
+    with fs.open_output_stream(sim) as f:
+        f.write(data[: len(data) // 2])
+    fs.delete_file(lake.storage.path(lake.done_marker("tiny-llama", "main", "eng", "deu")))
+    assert connect(uri).execute("SELECT DISTINCT lang FROM alignment").fetchall() == []  # neither is scored
+    assert main(["lake", "check", "--lake", uri]) == 1
+    assert main(["lake", "check", "--lake", uri, "--repair"]) == 0
+    resumed = run_job(job_from_dict({**tiny, "lake": uri}), progress=False)
+    assert [r["n_languages_computed"] for r in resumed] == [2]  # exactly fra and deu
+    assert connect(uri).execute(SCORES).fetchall() == s3_scores
+    assert connect(uri).execute("SELECT count(*) FROM runs").fetchone()[0] == 2
+
+
+def _no_model_load(monkeypatch):
+    import neuronxa_ray.models as models
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load_model", boom)
+    monkeypatch.setattr(models, "load_tokenizer", boom)
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("bucket", "bucket 'no-such-bucket' does not exist"),
+        ("credentials", "credentials were refused|forbidden|denied"),
+        ("endpoint", "endpoint unreachable"),
+    ],
+)
+def test_bad_s3_lake_fails_in_one_line_before_models_load(s3_env, tiny, tmp_path, monkeypatch, case, match):
+    monkeypatch.chdir(tmp_path)
+    _no_model_load(monkeypatch)
+    uri = _uri(s3_env, "bad")
+    if case == "bucket":
+        uri = "s3://no-such-bucket/lake"
+    elif case == "credentials":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    else:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    with pytest.raises(ValueError, match=match) as e:
+        run_job(job_from_dict({**tiny, "lake": uri}), progress=False)
+    assert "\n" not in str(e.value) and uri in str(e.value)
+    assert os.listdir(tmp_path) == []
+    if case == "bucket":
+        assert s3_env["fs"].get_file_info("no-such-bucket").type == pafs.FileType.NotFound
+
+
+def test_sql_on_a_missing_or_unreachable_s3_lake_is_one_line(s3_env, monkeypatch, capsys):
+    assert main(["sql", "--lake", f"s3://{s3_env['bucket']}/nothing-here", "SELECT 1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    assert main(["scores", "--lake", f"s3://{s3_env['bucket']}/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be read" in err
+
+
+def test_unknown_scheme_fails_before_models_load(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _no_model_load(monkeypatch)
+    with pytest.raises(ValueError, match="unknown scheme"):
+        run_job(job_from_dict({**tiny, "lake": "s4://b/p"}), progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def _acquire(uri: str, fp: str, run_id: str, env: dict, queue) -> None:
+    os.environ.update(env)
+    try:
+        Lake(uri).acquire("m", "c", fp, run_id)
+        queue.put(("ok", run_id))
+    except ValueError as e:
+        queue.put(("refused", str(e)))
+
+
+def test_leases_across_processes_on_s3(s3_env):
+    uri = _uri(s3_env, "lease")
+    held = Lake(uri).acquire("m", "c", "A", "run-a")
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=_acquire, args=(uri, fp, rid, s3_env["env"], queue))
+        for fp, rid in (("B", "run-b"), ("A", "run-a2"))
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    got = sorted(queue.get(timeout=5) for _ in procs)
+    assert got[0] == ("ok", "run-a2")  # same settings: shares
+    assert got[1][0] == "refused" and "run-a" in got[1][1]  # other settings: refused, naming the holder
+    held.release()
+
+
+def test_states_round_trip_on_s3(s3_env):
+    from neuronxa_ray.lake import states_table
+
+    lake = Lake(_uri(s3_env, "rt"))
+    rng = np.random.default_rng(0)
+    states = {"nas": rng.random((3, 2, 4)).astype(np.float32)}
+    w = lake.write(
+        "sentence_states",
+        states_table("m", "c", "fra", list("abc"), [1, 2, 3], states),
+        lake.language_file("sentence_states", "m", "c", "fra"),
+    )
+    assert lake.storage.info(w.path).size == w.bytes
+    np.testing.assert_array_equal(lake.read_states("m", "c", "fra")["nas"], states["nas"])
