@@ -71,6 +71,8 @@ class JobConfig:
     num_actors: int | None = None  # default: one per GPU, else 1
     state_dtype: str = "float32"
     store_states: bool = True
+    store_similarity: bool = False  # also the O(n^2) cosine matrices; scores read `matches` (O(n)) either way
+    pivots: list[str] | str | None = None  # 'all' or languages: every (pivot, lang) pair, see scoring.compute_pairs
     source: str = "<job>"  # where the job came from, for error messages
 
     @property

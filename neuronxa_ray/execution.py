@@ -210,7 +210,9 @@ def _run_checkpoint(job, checkpoint, corpus, lake, progress, ray_address) -> dic
     ray = _init_ray(ray_address)
     n_actors, options = _actor_resources(ray, job)
     n_actors = min(n_actors, len(todo))
-    settings = WorkerSettings(str(lake.root), job.batch_size, job.max_length, job.state_dtype, job.store_states)
+    settings = WorkerSettings(
+        str(lake.root), job.batch_size, job.max_length, job.state_dtype, job.store_states, job.store_similarity
+    )
     Actor = ray.remote(**options)(_ActorBody)
     actors = [Actor.remote(spec, settings, int(options["num_cpus"])) for _ in range(n_actors)]
     try:

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from neuronxa_ray.lake import SCHEMAS, Lake
 
-RAW_TABLES = ("sentence_states", "neuron_counts", "similarity", "runs", "benchmarks")
+RAW_TABLES = ("sentence_states", "neuron_counts", "matches", "similarity", "runs", "benchmarks")
 
 
 def _quote(text: str) -> str:
