@@ -87,3 +87,39 @@ def test_done_markers_need_the_same_fingerprint(tmp_path):
 def test_slug_is_path_safe_and_keeps_values_apart():
     assert slug("main") == "main"
     assert "/" not in slug("org/model") and slug("org/model") != slug("org_model")
+
+
+def test_matches_round_trip_with_nulls(tmp_path):
+    import torch
+
+    from neuronxa_ray.lake import matches_table
+    from neuronxa_ray.scoring import match_stats
+
+    rng = np.random.default_rng(2)
+    C = rng.uniform(-1, 1, size=(2, 4, 4))
+    C[0, 1, 1] = np.nan  # NaN diagonal: NULL diagonal and ranks
+    C[1, :, 2] = np.nan  # a NaN column
+    C[1, 2, :] = np.nan
+    stats = match_stats(torch.from_numpy(C)).numpy()
+    lake = Lake(tmp_path)
+    path = lake.language_file("matches", "m", "c", "fra", "eng")
+    assert path.relative_to(tmp_path).parts == (
+        "matches",
+        "model=m",
+        "checkpoint=c",
+        "pivot_lang=eng",
+        "lang=fra",
+        "part-0.parquet",
+    )
+    lake.write("matches", matches_table("m", "c", "eng", "fra", {"nav": stats}), path)
+    table = pq.read_table(path)
+    assert table.schema.metadata[METADATA_KEY] == SCHEMA_VERSION.encode()
+    for row in table.to_pylist():
+        layer, i = row["layer"], row["sentence"]
+        d = C[layer, i, i]
+        assert (row["diagonal"] is None) == bool(np.isnan(d)) and (row["row_rank"] is None) == bool(np.isnan(d))
+        if not np.isnan(d):
+            assert row["diagonal"] == d and row["row_rank"] == stats["row_rank"][layer, i] >= 1
+        assert row["row_hit"] == stats["row_hit"][layer, i] and row["column_hit"] == stats["column_hit"][layer, i]
+    with pytest.raises(ValueError, match="per pivot and language"):
+        lake.language_file("matches", "m", "c", "fra")
