@@ -28,7 +28,7 @@ def measure(lake: Path) -> dict:
     raw_states = n * n_langs * (L * 2 * d_ff + (L + 1) * 2 * d_model) * 4
     raw_sim = n * (n_langs - 1) * (2 * L + 2 * (L + 1)) * n * 8
     raw_counts = n_langs * L * d_ff * 8 * 3
-    sizes = {t: _bytes(lake, t) for t in ("sentence_states", "similarity", "neuron_counts")}
+    sizes = {t: _bytes(lake, t) for t in ("sentence_states", "matches", "similarity", "neuron_counts")}
     ratio = {
         "sentence_states": sizes["sentence_states"] / raw_states,
         "similarity": sizes["similarity"] / raw_sim,
@@ -76,7 +76,7 @@ def main(lake: Path, langs: list[str], n: int) -> list[dict]:
     run_pipeline(f16, langs, n, state_dtype="float16")
     b32, b16 = _bytes(lake, "sentence_states", langs), _bytes(f16, "sentence_states", langs)
     pivot, others = langs[0], langs[1:]
-    q = """SELECT method, lang, layer, score FROM alignment_from_states WHERE "pivot" = ? ORDER BY ALL"""
+    q = """SELECT method, lang, layer, score FROM alignment_from_states WHERE pivot_lang = ? ORDER BY ALL"""
     s32 = connect(lake).execute(q, [pivot]).fetchall()
     s32 = [r for r in s32 if r[1] in others]
     s16 = connect(f16).execute(q, [pivot]).fetchall()
