@@ -28,7 +28,7 @@ def measure(lake: Path) -> dict:
     raw_states = n * n_langs * (L * 2 * d_ff + (L + 1) * 2 * d_model) * 4
     raw_sim = n * (n_langs - 1) * (2 * L + 2 * (L + 1)) * n * 8
     raw_counts = n_langs * L * d_ff * 8 * 3
-    sizes = {t: _bytes(lake, t) for t in ("sentence_states", "matches", "similarity", "neuron_counts")}
+    sizes = {t: _bytes(lake, t) for t in ("sentence_states", "similarity", "neuron_counts")}
     ratio = {
         "sentence_states": sizes["sentence_states"] / raw_states,
         "similarity": sizes["similarity"] / raw_sim,
