@@ -36,11 +36,46 @@ NEW = {  # view -> query over matches
     "retrieval": "SELECT * FROM retrieval",
     "correlation": "SELECT * FROM correlation",
 }
-OLD = {  # the same answers from the stored cells, as the views computed them before matches existed
-    "alignment_summary": "SELECT * FROM summary_of('alignment_from_cells')",
-    "retrieval": "SELECT * FROM retrieval_of('mutual_nn_from_cells')",
-    "correlation": "SELECT * FROM correlation_of('cells_summary')",
+OLD = {  # the same answers from the stored cells, with the view definitions used before matches existed
+    "alignment_summary": "SELECT * FROM before_alignment_summary",
+    "retrieval": "SELECT * FROM before_retrieval",
+    "correlation": "SELECT * FROM correlation_of('before_alignment_summary')",
 }
+# Verbatim the previous `retrieval` and `alignment_summary` views, over the cell-based mutual_nn / alignment.
+BEFORE_SQL = """
+CREATE OR REPLACE TEMP VIEW before_retrieval AS
+WITH directions AS (
+    SELECT model, checkpoint, method, pivot_lang, lang, layer, 'pivot_to_lang' AS direction, row_hit AS hit
+    FROM mutual_nn_from_cells
+    UNION ALL
+    SELECT model, checkpoint, method, pivot_lang, lang, layer, 'lang_to_pivot' AS direction, column_hit AS hit
+    FROM mutual_nn_from_cells
+)
+SELECT
+    model, checkpoint, method, pivot_lang, lang, CAST(layer AS INTEGER) AS layer, direction,
+    avg(CASE WHEN hit THEN 1.0 ELSE 0.0 END) AS accuracy
+FROM directions
+GROUP BY ALL;
+
+CREATE OR REPLACE TEMP VIEW before_alignment_summary AS
+WITH per_language AS (
+    SELECT
+        model, checkpoint, method, pivot_lang, lang,
+        avg(score) AS score_mean,
+        max(score) AS score_max,
+        CAST(count(*) AS INTEGER) AS n_layers,
+        max(n_sentences) AS n_sentences
+    FROM alignment_from_cells
+    GROUP BY ALL
+)
+SELECT
+    s.model, s.checkpoint, s.method, s.pivot_lang, s.lang, s.score_mean, s.score_max,
+    (SELECT min(a.layer) FROM alignment_from_cells AS a
+      WHERE a.model = s.model AND a.checkpoint = s.checkpoint AND a.method = s.method
+        AND a.pivot_lang = s.pivot_lang AND a.lang = s.lang AND a.score = s.score_max) AS best_layer,
+    s.n_layers, s.n_sentences
+FROM per_language AS s;
+"""
 
 
 def _matrices(rng: np.random.Generator, n: int, noise: float) -> dict[str, np.ndarray]:
@@ -101,17 +136,26 @@ def build(root: Path, n_langs: int, n: int, similarity_langs: int, seed: int = 0
 def _connect(root: Path):
     con = connect(root)
     con.execute("SET threads = 2")
-    con.execute("CREATE OR REPLACE TEMP VIEW cells_summary AS SELECT * FROM summary_of('alignment_from_cells')")
+    con.execute(BEFORE_SQL)
     return con
 
 
-def _time(con, query: str, reps: int) -> tuple[float, int]:
-    best, rows = float("inf"), 0
+def _time(con, query: str, reps: int) -> tuple[float, list]:
+    best, rows = float("inf"), []
     for _ in range(reps):
         t0 = time.perf_counter()
-        rows = len(con.execute(query).fetchall())
+        rows = con.execute(query).fetchall()
         best = min(best, time.perf_counter() - t0)
-    return best, rows
+    return best, sorted(rows, key=repr)
+
+
+def _same(a: list, b: list) -> bool:
+    """Equal rows; floats within 1e-12 (a layer mean may sum in another order)."""
+    return len(a) == len(b) and all(
+        len(x) == len(y)
+        and all(u == v or (isinstance(u, float) and isinstance(v, float) and abs(u - v) <= 1e-12) for u, v in zip(x, y))
+        for x, y in zip(a, b)
+    )
 
 
 def run_case(label: str, n_langs: int, n: int, similarity_langs: int, old_views: tuple[str, ...]) -> tuple[list, dict]:
@@ -126,22 +170,30 @@ def run_case(label: str, n_langs: int, n: int, similarity_langs: int, old_views:
             flush=True,
         )
         con = _connect(root)
-        results, figures = [], {"sizes": sizes, "new_s": {}, "old_s": {}, "new_subset_s": {}}
+        results, figures = [], {"sizes": sizes, "new_s": {}, "old_s": {}, "new_subset_s": {}, "same_answers": {}}
+        answers = {}
         for view, query in NEW.items():
-            seconds, rows = _time(con, query, reps=3)
+            seconds, answers[view] = _time(con, query, reps=3)
             figures["new_s"][view] = seconds
+            rows = len(answers[view])
             results.append(report(f"{label}: {view} (matches, {rows} rows) seconds", seconds, GOAL_S, "s", False))
         subset = [_lang(k) for k in range(similarity_langs)]
         if similarity_langs < n_langs:  # the old path covers only these languages: compare on them too
             filt = f" WHERE lang IN ({', '.join(repr(x) for x in subset)})"
             for view in old_views:
-                seconds, _ = _time(con, NEW[view] + (filt if view != "correlation" else ""), reps=3)
+                seconds, answers[view] = _time(con, NEW[view] + (filt if view != "correlation" else ""), reps=3)
                 figures["new_subset_s"][view] = seconds
                 print(f"    {view} (matches, the {len(subset)} languages of the old path): {seconds:.3f}s", flush=True)
         for view in old_views:
             seconds, rows = _time(con, OLD[view], reps=1)
             figures["old_s"][view] = seconds
-            print(f"    {view} (cells, {rows} rows, {len(subset)} languages): {seconds:.2f}s (before)", flush=True)
+            same = _same(rows, answers[view]) if view != "correlation" or similarity_langs == n_langs else None
+            figures["same_answers"][view] = same
+            print(
+                f"    {view} (cells, {len(rows)} rows, {len(subset)} languages): {seconds:.2f}s before;"
+                f" same answers as matches: {same}",
+                flush=True,
+            )
         return results, figures
     finally:
         shutil.rmtree(root, ignore_errors=True)

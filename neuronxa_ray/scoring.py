@@ -63,24 +63,24 @@ def match_stats(C: torch.Tensor) -> MatchStats:
     if C.dim() != 3 or C.shape[1] != C.shape[2]:
         raise ValueError(f"match_stats needs C of shape [layers, n, n] (parallel sentences), got {tuple(C.shape)}")
     C = C.double()
-    n = C.shape[1]
-    eye = torch.eye(n, dtype=torch.bool, device=C.device)
+    inf = float("inf")
     diagonal = C.diagonal(dim1=1, dim2=2)  # [layers, n]
-    rivals = C.masked_fill(eye | C.isnan(), float("-inf"))  # off-diagonal values; NaN and the diagonal never win
+    rivals = torch.nan_to_num(C, nan=-inf, posinf=inf, neginf=-inf)  # NaN never wins (a copy of C)
+    rivals.diagonal(dim1=1, dim2=2).fill_(-inf)  # nor does the diagonal itself
     row_best = rivals.amax(dim=2)
     column_best = rivals.amax(dim=1)
     valid = ~diagonal.isnan()
     row_hit = valid & (diagonal > row_best)
     column_hit = valid & (diagonal > column_best)
-    off = ~eye  # NaN compares False, so NaN rivals never count against the partner
-    row_rank = 1 + ((diagonal.unsqueeze(2) <= C) & off).sum(dim=2, dtype=torch.int32)
-    column_rank = 1 + ((diagonal.unsqueeze(1) <= C) & off).sum(dim=1, dtype=torch.int32)
+    # 1 + rivals >= the diagonal: counting j = i itself (C[i,i] >= C[i,i]) supplies the 1; NaN compares False
+    row_rank = (diagonal.unsqueeze(2) <= C).sum(dim=2, dtype=torch.int32)
+    column_rank = (diagonal.unsqueeze(1) <= C).sum(dim=1, dtype=torch.int32)
     no_rank = torch.tensor(-1, dtype=torch.int32, device=C.device)
     nan = torch.tensor(float("nan"), dtype=torch.float64, device=C.device)
     return MatchStats(
         diagonal=diagonal.clone(),
-        row_rival=torch.where(row_best == float("-inf"), nan, row_best),
-        column_rival=torch.where(column_best == float("-inf"), nan, column_best),
+        row_rival=torch.where(row_best == -inf, nan, row_best),
+        column_rival=torch.where(column_best == -inf, nan, column_best),
         row_hit=row_hit,
         column_hit=column_hit,
         row_rank=torch.where(valid, row_rank.to(torch.int32), no_rank),
