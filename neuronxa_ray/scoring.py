@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from neuronxa_ray.lake import Lake, matches_table
+
 log = logging.getLogger(__name__)
 
 
@@ -107,7 +109,7 @@ def _resolve_pivots(pivots: list[str] | str | None, languages: list[str]) -> lis
 
 
 def compute_pairs(
-    lake,
+    lake: Lake | str,
     model: str,
     checkpoint: str,
     languages: list[str],
@@ -120,8 +122,6 @@ def compute_pairs(
     matrices are one float64 matmul per method on `device`, reduced at once to match results. Pairs whose file
     exists are skipped (the worker writes the configured pivot's pairs). States stored as float16 give cosines
     of the rounded states. Holds the states of `languages` in host memory. Returns the rows written."""
-    from neuronxa_ray.lake import Lake, matches_table
-
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     pivot_langs = _resolve_pivots(pivots, languages)
     todo = {
@@ -136,6 +136,12 @@ def compute_pairs(
     if not todo:
         return 0
     needed = sorted(set(todo) | {lang for langs in todo.values() for lang in langs})
+    missing = [lang for lang in needed if not lake.language_file("sentence_states", model, checkpoint, lang).exists()]
+    if missing:
+        raise ValueError(
+            f"languages {missing} of {model!r} @ {checkpoint!r} have no stored states in {str(lake.root)!r}: "
+            "every pair needs sentence_states (run with store_states: true)"
+        )
     states = {lang: lake.read_states(model, checkpoint, lang) for lang in needed}
     rows = 0
     with torch.inference_mode():

@@ -136,6 +136,8 @@ def test_compute_pairs_validates_pivots(states_lake):
     root, _ = states_lake
     with pytest.raises(ValueError, match="not among the languages"):
         compute_pairs(Lake(root), MODEL, CKPT, LANGS, ["xyz"])
+    with pytest.raises(ValueError, match=r"\['swh'\] .* have no stored states"):
+        compute_pairs(Lake(root), MODEL, CKPT, [*LANGS, "swh"], ["eng"])
 
 
 def test_pivot_row_of_the_pair_matrix_equals_the_workers_scores_exactly(tmp_path):
