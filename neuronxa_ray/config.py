@@ -103,6 +103,8 @@ class JobConfig:
     store_states: bool = True
     max_attempts: int = 3  # a unit whose actor or node dies is retried elsewhere up to this many times
     placement_timeout_s: float = 60.0  # actors not placed by then: an error naming what was asked and what exists
+    store_similarity: bool = False  # also the O(n^2) cosine matrices; scores read `matches` (O(n)) either way
+    pivots: list[str] | str | None = None  # 'all' or languages: every (pivot, lang) pair, see scoring.compute_pairs
     source: str = "<job>"  # where the job came from, for error messages
 
     @property
@@ -301,6 +303,10 @@ def _validate(job: JobConfig) -> None:
         raise _err(s, "state_dtype", job.state_dtype, f"must be one of {list(STATE_DTYPES)}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", job.device):
         raise _err(s, "device", job.device, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if isinstance(job.pivots, str) and job.pivots != "all":
+        raise _err(s, "pivots", job.pivots, "must be 'all' or a list of language codes")
+    if job.pivots is not None and not job.store_states:
+        raise _err(s, "pivots", job.pivots, "every pair is computed from stored states: needs store_states: true")
     if not job.lake:
         raise _err(s, "lake", job.lake, "must be a directory or a URI such as s3://bucket/prefix")
     if not isinstance(job.checkpoints, CheckpointGlob):

@@ -358,7 +358,9 @@ class Scheduler:
     def _settings(self, pi: int) -> WorkerSettings:
         plan = self.plans[pi]
         job = plan.job
-        return WorkerSettings(self.lakes[pi], job.batch_size, plan.max_length, job.state_dtype, job.store_states)
+        return WorkerSettings(
+            self.lakes[pi], job.batch_size, plan.max_length, job.state_dtype, job.store_states, job.store_similarity
+        )
 
     def _pivot_refs(self, pi: int) -> list:
         if self.pivot_ref.get(pi) is None:  # complete in the lake: read once, shared by every actor
@@ -788,9 +790,11 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
     run_id = f"{started.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
     for job in jobs:
         Lake(job.lake).check_writable()
-    plans = [p for p in plan_jobs(jobs, options.force, options.recompute) if p.todo]
+    all_plans = plan_jobs(jobs, options.force, options.recompute)
+    plans = [p for p in all_plans if p.todo]
     if not plans:
         log.info("every language of every checkpoint is already in the lake; nothing to do")
+        _compute_pairs(all_plans)
         return RunReport(run_id, [], [], 0, 0, time.perf_counter() - t_start)
     for job in {id(p.job): p.job for p in plans}.values():
         if job.trust_remote_code:
@@ -835,7 +839,28 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
             Lake(plan.job.lake).write_run(row)
             runs.append(row)
     failed = scheduler.failed_units()
-    return RunReport(run_id, runs, failed, len(scheduler.units), loads, wall_s)
+    failed += _compute_pairs(all_plans, failed)
+    return RunReport(run_id, runs, failed, len(scheduler.units), loads, time.perf_counter() - t_start)
+
+
+def _compute_pairs(plans: list[CheckpointPlan], failed: list[FailedUnit] = ()) -> list[FailedUnit]:
+    """Every (pivot, language) pair of the checkpoints whose job asks for `pivots`: a BLAS pass over the stored
+    states in the driver, once each checkpoint's languages are all in the lake (each ran its forward pass once)."""
+    from neuronxa_ray.scoring import compute_pairs
+
+    broken = {(f.model, f.checkpoint) for f in failed}
+    out = []
+    for plan in plans:
+        if plan.job.pivots is None or plan.key in broken:
+            continue
+        try:
+            rows = compute_pairs(Lake(plan.job.lake), *plan.key, plan.languages, plan.job.pivots, base_pivot=plan.pivot)
+        except NeuronxaError as e:
+            out.append(FailedUnit(*plan.key, "(pairs)", 1, str(e)))
+            continue
+        if rows:
+            log.info("%s: every language pair computed (%d match rows)", plan.label, rows)
+    return out
 
 
 def run_job(job: JobConfig, lake_root: str | None = None, progress: bool | None = None, **kwargs) -> list[dict]:

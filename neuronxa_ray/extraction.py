@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from neuronxa_ray.models import LoadedModel, tokenize
+from neuronxa_ray.scoring import cosine_matrices  # noqa: F401  (moved to scoring.py; kept importable from here)
 
 log = logging.getLogger(__name__)
 
@@ -226,12 +227,3 @@ def _empty_states(n: int, n_layers: int, device: torch.device) -> LanguageStates
     """Placeholders sized [n, 0, 0]; the hooks allocate the real buffers once dimensions are seen."""
     empty = torch.zeros(n, 0, 0, device=device)
     return LanguageStates(empty, empty, empty, empty, empty, empty, 0, [])
-
-
-def cosine_matrices(pivot: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """[n, layers, dim] x [m, layers, dim] -> [layers, n, m] float64 cosine; a zero or NaN state gives NaN."""
-    p = pivot.double().transpose(0, 1)
-    x = other.double().transpose(0, 1)
-    p = p / p.norm(dim=-1, keepdim=True)  # 0/0 -> NaN: a zero state can never win a row or column
-    x = x / x.norm(dim=-1, keepdim=True)
-    return torch.bmm(p, x.transpose(1, 2))

@@ -4,7 +4,8 @@ Layout (hive-style directories; every file also carries its model/checkpoint/lan
 read by pyarrow or polars is self-describing):
     {lake}/sentence_states/model={m}/checkpoint={c}/lang={l}/part-0.parquet
     {lake}/neuron_counts/model={m}/checkpoint={c}/lang={l}/part-0.parquet
-    {lake}/similarity/model={m}/checkpoint={c}/pivot_lang={p}/lang={l}/part-0.parquet
+    {lake}/matches/model={m}/checkpoint={c}/pivot_lang={p}/lang={l}/part-0.parquet
+    {lake}/similarity/model={m}/checkpoint={c}/pivot_lang={p}/lang={l}/part-0.parquet   (optional: store_similarity)
     {lake}/runs/model={m}/checkpoint={c}/{run_id}.parquet
     {lake}/benchmarks/{name}.parquet            (downstream results imported by `neuronxa-ray import-benchmarks`)
     {lake}/attempts/run_id={r}/part-{n}.parquet
@@ -87,6 +88,26 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("cosine", pa.list_(pa.float64()), False),  # C[i, j] for lang sentence j; NaN: zero state
         ],
     ),
+    # One row per (method, layer, sentence i) of a pivot/language pair: what the scores need from C, O(n) per
+    # layer (see scoring.py). NULL diagonal: a zero/NaN state; NULL rival: no non-NaN rival; NULL rank: NULL diagonal.
+    "matches": _schema(
+        "matches",
+        [
+            *_KEYS,
+            pa.field("pivot_lang", pa.string(), False),
+            pa.field("lang", pa.string(), False),
+            pa.field("method", pa.string(), False),
+            pa.field("layer", pa.int16(), False),
+            pa.field("sentence", pa.int32(), False),  # i: pivot sentence i and its parallel lang sentence i
+            pa.field("diagonal", pa.float64()),  # C[i, i]
+            pa.field("row_rival", pa.float64()),  # max_{j != i} C[i, j]
+            pa.field("column_rival", pa.float64()),  # max_{j != i} C[j, i]
+            pa.field("row_hit", pa.bool_(), False),  # diagonal > row_rival (pivot -> lang retrieval)
+            pa.field("column_hit", pa.bool_(), False),  # diagonal > column_rival (lang -> pivot retrieval)
+            pa.field("row_rank", pa.int32()),  # 1 + #{j != i: C[i, j] >= C[i, i]}
+            pa.field("column_rank", pa.int32()),  # 1 + #{j != i: C[j, i] >= C[i, i]}
+        ],
+    ),
     "runs": _schema(
         "runs",
         [
@@ -156,7 +177,13 @@ WRITE_OPTIONS: dict[str, dict] = {
         "use_dictionary": ["model", "checkpoint", "pivot_lang", "lang", "method"],
         "use_byte_stream_split": ["cosine.list.element"],
     },
+    "matches": {
+        "use_dictionary": ["model", "checkpoint", "pivot_lang", "lang", "method", "layer"],
+        "use_byte_stream_split": ["diagonal", "row_rival", "column_rival"],
+    },
 }
+
+PAIR_TABLES = ("similarity", "matches")  # partitioned by pivot_lang as well as lang
 
 
 def table_schema(table: str, state_dtype: str = "float32") -> pa.Schema:
@@ -255,7 +282,7 @@ class Lease:
 
 
 LEASE_TIMEOUT_S = 900.0  # a lease whose heartbeat is older than this is stale (its run died) and is taken over
-TABLES_WITH_MARKERS = ("sentence_states", "neuron_counts", "similarity")
+TABLES_WITH_MARKERS = ("sentence_states", "neuron_counts", "similarity", "matches")
 FREE_TABLES = ("runs", "benchmarks", "attempts")  # no markers: each file is one complete write
 
 
@@ -305,7 +332,9 @@ class Lake:
         return "/".join(parts)
 
     def language_file(self, table: str, model: str, checkpoint: str, lang: str, pivot: str | None = None) -> str:
-        extra = {"pivot_lang": pivot} if table == "similarity" else {}
+        if table in PAIR_TABLES and not pivot:
+            raise NeuronxaError(f"table {table!r} is per pivot and language: pass pivot (got {pivot!r})")
+        extra = {"pivot_lang": pivot} if table in PAIR_TABLES else {}
         return self._partition(table, model, checkpoint, **extra, lang=lang) + "/part-0.parquet"
 
     def done_marker(self, model: str, checkpoint: str, pivot: str, lang: str) -> str:
@@ -497,6 +526,20 @@ class Lake:
         complete, excluded = [], []
         for rel, record in ok.items():
             what = f"{record['model']} @ {record['checkpoint']}, pivot {record['pivot_lang']}, {record['lang']}"
+            if "sources" in record:  # a pair computed from two languages' stored states: both must be current
+                gone = [r for r in record["sources"] if r not in ok]
+                other = [
+                    r
+                    for r in record["sources"]
+                    if r in ok and ok[r].get("checkpoint_fingerprint") != record.get("checkpoint_fingerprint")
+                ]
+                if gone or other:
+                    detail = f"its source languages changed or are gone ({', '.join(gone + other)})"
+                    excluded.append(f"{what}: {detail}")
+                    problems.append(Problem("stale", rel, detail, (rel,)))
+                else:
+                    complete.append(record)
+                continue
             pivot_rel = self.done_marker(
                 record["model"], record["checkpoint"], record["pivot_lang"], record["pivot_lang"]
             )
@@ -722,3 +765,40 @@ def similarity_table(
         "pivot_sentence": np.concatenate(rows_i),
         "cosine": pa.concat_arrays(cosine),
     }
+
+
+def matches_table(
+    model: str, checkpoint: str, pivot: str, lang: str, stats: dict[str, dict[str, np.ndarray]]
+) -> dict[str, Any]:
+    """Columns of matches; stats[method] holds scoring.MatchStats arrays ([layers, n] each; NaN / -1 become NULL)."""
+    cols: dict[str, list] = {k: [] for k in ("method", "layer", "sentence", *MATCH_COLUMNS)}
+    for method, st in stats.items():
+        n_layers, n = st["diagonal"].shape
+        cols["method"].append(np.full(n_layers * n, method, dtype=object))
+        cols["layer"].append(np.repeat(np.arange(n_layers, dtype=np.int16), n))
+        cols["sentence"].append(np.tile(np.arange(n, dtype=np.int32), n_layers))
+        for key in MATCH_COLUMNS:
+            cols[key].append(np.asarray(st[key]).reshape(-1))
+    flat = {k: np.concatenate(v) for k, v in cols.items()}
+    rows = len(flat["sentence"])
+    out: dict[str, Any] = {
+        "model": pa.array([model] * rows, pa.string()),
+        "checkpoint": pa.array([checkpoint] * rows, pa.string()),
+        "pivot_lang": pa.array([pivot] * rows, pa.string()),
+        "lang": pa.array([lang] * rows, pa.string()),
+        "method": pa.array(flat["method"], pa.string()),
+        "layer": flat["layer"],
+        "sentence": flat["sentence"],
+    }
+    for key in ("diagonal", "row_rival", "column_rival"):
+        values = flat[key].astype(np.float64)
+        out[key] = pa.array(values, pa.float64(), mask=np.isnan(values))
+    for key in ("row_hit", "column_hit"):
+        out[key] = pa.array(flat[key].astype(bool), pa.bool_())
+    for key in ("row_rank", "column_rank"):
+        values = flat[key].astype(np.int32)
+        out[key] = pa.array(values, pa.int32(), mask=values < 1)
+    return out
+
+
+MATCH_COLUMNS = ("diagonal", "row_rival", "column_rival", "row_hit", "column_hit", "row_rank", "column_rank")

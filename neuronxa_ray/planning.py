@@ -77,8 +77,30 @@ class CheckpointPlan:
         return f"{self.job.model_name} @ {self.checkpoint.name}"
 
 
-def _has_states(record: dict | None) -> bool:
-    return bool(record) and any(f.get("table") == "sentence_states" for f in record.get("files", []))
+def _tables(record: dict | None) -> set[str]:
+    return {f.get("table") for f in (record or {}).get("files", [])}
+
+
+def required_tables(job: JobConfig, lang: str) -> set[str]:
+    """What a complete language holds for this job: a language done without states (or similarity) is not done
+    for a job that asks for them."""
+    tables = {"neuron_counts"}
+    if job.store_states:
+        tables.add("sentence_states")
+    if lang != job.pivot:
+        tables.add("matches")
+        if job.store_similarity:
+            tables.add("similarity")
+    return tables
+
+
+def _done(lake: Lake, job: JobConfig, name: str, lang: str, fingerprint: str) -> bool:
+    record = lake.completion(job.model_name, name, job.pivot, lang)
+    return (
+        record is not None
+        and record.get("fingerprint") == fingerprint
+        and required_tables(job, lang) <= _tables(record)
+    )
 
 
 def plan_checkpoint(
@@ -106,13 +128,10 @@ def plan_checkpoint(
     if force:
         todo = list(languages)
     else:
-        todo = [
-            lang
-            for lang in languages
-            if lang in recompute or not lake.is_done(model, name, job.pivot, lang, lang_fps[lang])
-        ]
+        todo = [lang for lang in languages if lang in recompute or not _done(lake, job, name, lang, lang_fps[lang])]
     # The other languages need the pivot's states: from the lake when they were stored, else computed again.
-    if todo and job.pivot not in todo and not _has_states(lake.completion(model, name, job.pivot, job.pivot)):
+    pivot_tables = _tables(lake.completion(model, name, job.pivot, job.pivot))
+    if todo and job.pivot not in todo and "sentence_states" not in pivot_tables:
         log.info("%s @ %s: the pivot's states are not in the lake; computing the pivot again", model, name)
         todo.insert(0, job.pivot)
     return CheckpointPlan(job, checkpoint, spec, resolved, corpus, fp, languages, todo, max_length, lang_fps)
@@ -131,6 +150,11 @@ def plan_jobs(
     for i, job in enumerate(jobs):
         corpus = (corpora or {}).get(i) or job.load_corpus()
         unknown = sorted(wanted - set(corpus.languages))
+        if isinstance(job.pivots, list) and set(job.pivots) - set(corpus.languages):
+            raise NeuronxaError(
+                f"{job.source}: pivots {sorted(set(job.pivots) - set(corpus.languages))} are not among the job's "
+                f"languages {corpus.languages}"
+            )
         if unknown:
             raise NeuronxaError(f"--recompute {unknown}: not languages of {job.source} (it has {corpus.languages})")
         lake = Lake(job.lake)

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from neuronxa_ray.lake import Lake, table_schema
 
-RAW_TABLES = ("sentence_states", "neuron_counts", "similarity", "runs", "benchmarks", "attempts")
+RAW_TABLES = ("sentence_states", "neuron_counts", "matches", "similarity", "runs", "benchmarks", "attempts")
 
 
 def _quote(text: str) -> str:

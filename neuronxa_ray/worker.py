@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from neuronxa_ray.extraction import METHODS, StateExtractor, cosine_matrices
-from neuronxa_ray.lake import Lake, neuron_counts_table, similarity_table, states_table
+from neuronxa_ray.extraction import METHODS, StateExtractor
+from neuronxa_ray.lake import Lake, matches_table, neuron_counts_table, similarity_table, states_table
 from neuronxa_ray.models import LoadedModel, ModelSpec, load_model, move_to_device
+from neuronxa_ray.scoring import cosine_matrices, match_stats
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class WorkerSettings:
     max_length: int | None = 512
     state_dtype: str = "float32"
     store_states: bool = True
+    store_similarity: bool = False  # the full O(n^2) cosine matrices too; `matches` (O(n)) is always written
 
 
 class LanguageWorker:
@@ -138,6 +140,7 @@ class LanguageWorker:
         else:
             states = self.extractor.extract(task.texts)
         matrices: dict[str, np.ndarray] = {}
+        matches: dict[str, dict[str, np.ndarray]] = {}
         if not task.is_pivot:
             if pivot is None:
                 raise ValueError(f"language {task.lang!r} needs the pivot {task.pivot!r} states")
@@ -146,7 +149,10 @@ class LanguageWorker:
                 p = self._pivot[method]
                 if p.shape[0] != len(task.texts):
                     raise ValueError(f"pivot has {p.shape[0]} sentences, {task.lang!r} has {len(task.texts)}")
-                matrices[method] = cosine_matrices(p, states.state(method)).cpu().numpy()
+                C = cosine_matrices(p, states.state(method))
+                matches[method] = match_stats(C).numpy()
+                if self.settings.store_similarity:
+                    matrices[method] = C.cpu().numpy()
         host = {m: states.state(m).float().cpu().numpy() for m in METHODS}
         for method, arr in host.items():
             bad = int(np.isnan(arr).any(axis=-1).sum())
@@ -157,7 +163,7 @@ class LanguageWorker:
         extract_s = time.perf_counter() - t0
         counters = (states.n_active.cpu().numpy(), states.abs_sum.cpu().numpy(), states.n_tokens, states.token_counts)
         confirmed = self.collect()  # the previous language's files first: at most one write in flight
-        self._pending = (task, self._writer.submit(self._write, task, host, counters, matrices))
+        self._pending = (task, self._writer.submit(self._write, task, host, counters, (matches, matrices)))
         result = LanguageResult(
             lang=task.lang,
             n_sentences=len(task.texts),
@@ -192,18 +198,19 @@ class LanguageWorker:
                 raise RuntimeError(outcome.error)
         return self.write_s
 
-    def _write(self, task: LanguageTask, host: dict, counters: tuple, matrices: dict) -> None:
+    def _write(self, task: LanguageTask, host: dict, counters: tuple, pairs: tuple[dict, dict]) -> None:
         t0 = time.perf_counter()
         try:
-            self._write_tables(task, host, counters, matrices)
+            self._write_tables(task, host, counters, pairs)
         except Exception as e:
             raise RuntimeError(f"writing language {task.lang!r} to the lake failed: {e}") from e
         self.write_s += time.perf_counter() - t0
 
-    def _write_tables(self, task: LanguageTask, host: dict, counters: tuple, matrices: dict) -> None:
+    def _write_tables(self, task: LanguageTask, host: dict, counters: tuple, pairs: tuple[dict, dict]) -> None:
         """All of a language's tables, then its done marker (last: a rerun redoes a language cut short)."""
         lake, key = self.lake, (task.model_name, task.checkpoint)
         n_active, abs_sum, n_tokens, token_counts = counters
+        matches, matrices = pairs
         written = []
         if self.settings.store_states:
             table = states_table(*key, task.lang, task.sentence_ids, token_counts, host, self.settings.state_dtype)
@@ -211,6 +218,9 @@ class LanguageWorker:
             written.append(lake.write("sentence_states", table, path, state_dtype=self.settings.state_dtype))
         counts = neuron_counts_table(*key, task.lang, n_active, abs_sum, n_tokens)
         written.append(lake.write("neuron_counts", counts, lake.language_file("neuron_counts", *key, task.lang)))
+        if matches:
+            found = matches_table(*key, task.pivot, task.lang, matches)
+            written.append(lake.write("matches", found, lake.language_file("matches", *key, task.lang, task.pivot)))
         if matrices:
             sim = similarity_table(*key, task.pivot, task.lang, matrices)
             written.append(lake.write("similarity", sim, lake.language_file("similarity", *key, task.lang, task.pivot)))

@@ -3,10 +3,12 @@
 -- `neuronxa-ray import-benchmarks` (rows of benchmark, lang, value; model/checkpoint NULL = any).
 -- Spearman is Pearson on average ranks (ties share their mean rank), as scipy.stats.spearmanr.
 
-CREATE OR REPLACE VIEW correlation AS
+-- correlation_of(summary_view) over any relation shaped like alignment_summary; correlation uses alignment_summary.
+-- Grain: (model, checkpoint, method, pivot_lang, benchmark).
+CREATE OR REPLACE MACRO correlation_of(summary_view) AS TABLE
 WITH pairs AS (
     SELECT s.model, s.checkpoint, s.method, s.pivot_lang, b.benchmark, s.lang, s.score_mean AS score, b.value
-    FROM alignment_summary AS s
+    FROM query_table(summary_view) AS s
     JOIN benchmarks AS b
       ON b.lang = s.lang
      AND (b.model IS NULL OR b.model = s.model)
@@ -32,3 +34,5 @@ SELECT
     corr(score_rank, value_rank) AS spearman
 FROM ranked
 GROUP BY ALL;
+
+CREATE OR REPLACE VIEW correlation AS SELECT * FROM correlation_of('alignment_summary');

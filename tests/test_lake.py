@@ -56,6 +56,19 @@ def write_language(lake, lang, rng, pivot="eng", ckpt_fp="base", model="m", ckpt
                 lake.language_file("similarity", model, ckpt, lang, pivot),
             )
         )
+        import torch
+
+        from neuronxa_ray.lake import matches_table
+        from neuronxa_ray.scoring import match_stats
+
+        stats = {m: match_stats(torch.from_numpy(c)).numpy() for m, c in mats.items()}  # as the worker does
+        files.append(
+            lake.write(
+                "matches",
+                matches_table(model, ckpt, pivot, lang, stats),
+                lake.language_file("matches", model, ckpt, lang, pivot),
+            )
+        )
     info = {"n_sentences": n, "checkpoint_fingerprint": ckpt_fp}
     lake.mark_done(model, ckpt, pivot, lang, f"fp-{lang}", info, files)
     return files
@@ -137,6 +150,7 @@ def test_markers_verify_files_and_fingerprints(tmp_path, caplog):
         "sentence_states",
         "neuron_counts",
         "similarity",
+        "matches",
     }
     # a truncated file: the marker no longer verifies, the language is redone and left out of every view
     sim = tmp_path / lake.language_file("similarity", "m", "c", "fra", "eng")
@@ -311,3 +325,32 @@ def test_concurrent_writers_of_the_same_languages_leave_each_once(tmp_path):
 def test_slug_is_path_safe_and_keeps_values_apart():
     assert slug("main") == "main"
     assert "/" not in slug("org/model") and slug("org/model") != slug("org_model")
+
+
+def test_matches_round_trip_with_nulls(tmp_path):
+    import torch
+
+    from neuronxa_ray.lake import matches_table
+    from neuronxa_ray.scoring import match_stats
+
+    rng = np.random.default_rng(2)
+    C = rng.uniform(-1, 1, size=(2, 4, 4))
+    C[0, 1, 1] = np.nan  # NaN diagonal: NULL diagonal and ranks
+    C[1, :, 2] = np.nan  # a NaN column
+    C[1, 2, :] = np.nan
+    stats = match_stats(torch.from_numpy(C)).numpy()
+    lake = Lake(tmp_path)
+    path = lake.language_file("matches", "m", "c", "fra", "eng")
+    assert path == "matches/model=m/checkpoint=c/pivot_lang=eng/lang=fra/part-0.parquet"
+    lake.write("matches", matches_table("m", "c", "eng", "fra", {"nav": stats}), path)
+    table = pq.read_table(tmp_path / path)
+    assert table.schema.metadata[METADATA_KEY] == SCHEMA_VERSION.encode()
+    for row in table.to_pylist():
+        layer, i = row["layer"], row["sentence"]
+        d = C[layer, i, i]
+        assert (row["diagonal"] is None) == bool(np.isnan(d)) and (row["row_rank"] is None) == bool(np.isnan(d))
+        if not np.isnan(d):
+            assert row["diagonal"] == d and row["row_rank"] == stats["row_rank"][layer, i] >= 1
+        assert row["row_hit"] == stats["row_hit"][layer, i] and row["column_hit"] == stats["column_hit"][layer, i]
+    with pytest.raises(ValueError, match="per pivot and language"):
+        lake.language_file("matches", "m", "c", "fra")

@@ -40,6 +40,7 @@ def tiny_job(tmp_path_factory):
         "batch_size": 4,
         "lake": str(root / "lake"),
         "device": "cpu",
+        "store_similarity": True,  # the full matrices too, so the cell-based path can check the device's decisions
     }
     return root, raw
 
@@ -77,6 +78,17 @@ def test_ray_pipeline_matches_reference(ray_session, tiny_job):
         for d in ("pivot_to_lang", "lang_to_pivot"):
             assert retrieval[(method, lang, layer, d)] == pytest.approx(retrieval_accuracy(C, d), abs=1e-12)
     assert checked >= len(scores) // 2
+    # the device's per-sentence decisions (matches) equal the cell-based SQL over the stored matrices, bit for bit
+    q = "SELECT {} FROM {} ORDER BY ALL"
+    cols = "pivot_lang, lang, method, layer, sentence, diagonal, row_rival, column_rival, row_hit, column_hit"
+    assert (
+        con.execute(q.format(cols, "mutual_nn")).fetchall()
+        == con.execute(q.format(cols, "mutual_nn_from_cells")).fetchall()
+    )
+    assert (
+        con.execute(q.format("*", "alignment")).fetchall()
+        == con.execute(q.format("*", "alignment_from_cells")).fetchall()
+    )
     assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
 
 
@@ -132,7 +144,7 @@ def test_two_actors_share_the_pivot_and_agree_with_one(ray_session, tiny_job, tm
     two = job_from_dict({**raw, "lake": str(tmp_path / "two"), "num_actors": 2})
     assert run_job(one, progress=False)[0]["num_actors"] == 1
     assert run_job(two, progress=False)[0]["num_actors"] == 2
-    q = "SELECT method, lang, layer, pivot_sentence, cosine FROM similarity ORDER BY ALL"
+    q = "SELECT method, lang, layer, sentence, [diagonal, row_rival, column_rival] FROM matches ORDER BY ALL"
     a = connect(tmp_path / "one").execute(q).fetchall()
     b = connect(tmp_path / "two").execute(q).fetchall()
     assert len(a) == len(b) > 0

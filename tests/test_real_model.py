@@ -56,7 +56,7 @@ def test_sql_formats_and_views(demo, tmp_path, capsys):
         "retrieval",
         "alignment_summary",
         "runs",
-        "similarity",
+        "matches",
         "sentence_states",
         "neuron_counts",
     ):

@@ -11,7 +11,8 @@ import torch
 from reference import average_ranks, cosine_matrix, mutual_nn_score, retrieval_accuracy
 
 from neuronxa_ray.extraction import cosine_matrices
-from neuronxa_ray.lake import Lake, WrittenFile, neuron_counts_table, similarity_table, states_table
+from neuronxa_ray.lake import Lake, WrittenFile, matches_table, neuron_counts_table, similarity_table, states_table
+from neuronxa_ray.scoring import match_stats
 from neuronxa_ray.sql import connect
 
 MODEL, CKPT = "org/tiny-model", "main"
@@ -58,6 +59,12 @@ def lake(tmp_path_factory):
                 similarity_table(MODEL, CKPT, "eng", lang, mats),
                 lk.language_file("similarity", MODEL, CKPT, lang, "eng"),
             )
+            stats = {m: match_stats(torch.from_numpy(c)).numpy() for m, c in mats.items()}  # as the worker does
+            lk.write(
+                "matches",
+                matches_table(MODEL, CKPT, "eng", lang, stats),
+                lk.language_file("matches", MODEL, CKPT, lang, "eng"),
+            )
     counts = {}
     for lang in LANGS:
         n_tokens = int(rng.integers(50, 100))
@@ -73,7 +80,7 @@ def lake(tmp_path_factory):
     for lang in LANGS:  # completion markers, last: views read only languages whose marker verifies
         files = [
             WrittenFile(p, (root / p).stat().st_size, pq.read_metadata(root / p).num_rows, t)
-            for t in ("sentence_states", "neuron_counts", "similarity")
+            for t in ("sentence_states", "neuron_counts", "similarity", "matches")
             for p in lk.files(t)
             if f"lang={lang}/" in p
         ]
@@ -322,3 +329,99 @@ def test_views_bind_on_an_empty_lake(tmp_path):
         "alignment_from_states",
     ):
         assert con.execute(f"SELECT count(*) FROM {view}").fetchone()[0] == 0
+
+
+# The views that read `matches` against the cell-based path over the same matrices, on matrices built to break it.
+def _exact_rows(con, query):
+    return con.execute(query + " ORDER BY ALL").fetchall()
+
+
+@pytest.fixture(scope="module")
+def tricky_lake(tmp_path_factory):
+    """Random matrices on a coarse grid (exact ties everywhere), NaN diagonals, NaN rivals, NaN rows and columns;
+    both `similarity` (cells) and `matches` (the device's per-sentence results) written for two languages."""
+    from test_scoring import tricky_matrices
+
+    root = tmp_path_factory.mktemp("tricky")
+    lk = Lake(root)
+    rng = np.random.default_rng(5)
+    info = {"checkpoint_fingerprint": "fp"}
+    for pivot, lang in (("eng", "fra"), ("eng", "deu"), ("fra", "deu")):
+        mats = {"nas": tricky_matrices(rng), "hidden": tricky_matrices(rng, layers=3)}
+        sim = lk.write(
+            "similarity",
+            similarity_table(MODEL, CKPT, pivot, lang, mats),
+            lk.language_file("similarity", MODEL, CKPT, lang, pivot),
+        )
+        stats = {m: match_stats(torch.from_numpy(c)).numpy() for m, c in mats.items()}
+        found = lk.write(
+            "matches",
+            matches_table(MODEL, CKPT, pivot, lang, stats),
+            lk.language_file("matches", MODEL, CKPT, lang, pivot),
+        )
+        lk.mark_done(MODEL, CKPT, pivot, lang, f"fp-{pivot}-{lang}", info, [sim, found])
+        lk.mark_done(MODEL, CKPT, pivot, pivot, f"fp-{pivot}", info, [])  # each pivot's own marker
+    return connect(root)
+
+
+def test_matches_views_equal_the_cell_based_computation(tricky_lake):
+    con = tricky_lake
+    cols = "model, checkpoint, pivot_lang, lang, method, layer, sentence, diagonal, row_rival, column_rival"
+    cols += ", row_hit, column_hit"
+    new = _exact_rows(con, f"SELECT {cols} FROM mutual_nn")
+    old = _exact_rows(con, f"SELECT {cols} FROM mutual_nn_from_cells")
+    assert len(new) == 3 * (4 + 3) * 9
+    assert new == old  # bit for bit: values, NULLs and every hit decision
+    hits = [r[10] for r in new]
+    assert 0 < sum(hits) < len(hits)  # the fixture has hits and misses
+    assert _exact_rows(con, "SELECT * FROM alignment") == _exact_rows(con, "SELECT * FROM alignment_from_cells")
+    assert _exact_rows(con, "SELECT * FROM retrieval") == _exact_rows(
+        con, "SELECT * FROM retrieval_of('mutual_nn_from_cells')"
+    )
+    assert _exact_rows(con, "SELECT * FROM alignment_summary") == _exact_rows(
+        con, "SELECT * FROM summary_of('alignment_from_cells')"
+    )
+    assert max(r[0] for r in con.execute("SELECT score FROM alignment").fetchall()) > 0
+
+
+def test_retrieval_ranks_p_at_1_is_retrieval_accuracy(tricky_lake):
+    rows = tricky_lake.execute(
+        """SELECT r.accuracy, k.p_at_1, k.p_at_5, k.p_at_10, k.mrr FROM retrieval AS r
+           JOIN retrieval_ranks AS k USING (model, checkpoint, method, pivot_lang, lang, layer, direction)"""
+    ).fetchall()
+    assert len(rows) == 3 * (4 + 3) * 2
+    for acc, p1, p5, p10, mrr in rows:
+        assert acc == p1 and p1 <= p5 <= p10 <= 1.0 and p1 <= mrr <= p10 + 1e-12
+
+
+GRAINS = {
+    "mutual_nn": "model, checkpoint, pivot_lang, lang, method, layer, sentence",
+    "mutual_nn_from_cells": "model, checkpoint, pivot_lang, lang, method, layer, sentence",
+    "mutual_nn_from_states": "model, checkpoint, pivot_lang, lang, method, layer, sentence",
+    "alignment": "model, checkpoint, method, pivot_lang, lang, layer",
+    "alignment_from_cells": "model, checkpoint, method, pivot_lang, lang, layer",
+    "alignment_from_states": "model, checkpoint, method, pivot_lang, lang, layer",
+    "retrieval": "model, checkpoint, method, pivot_lang, lang, layer, direction",
+    "retrieval_ranks": "model, checkpoint, method, pivot_lang, lang, layer, direction",
+    "alignment_summary": "model, checkpoint, method, pivot_lang, lang",
+    "alignment_matrix": "model, checkpoint, method, pivot_lang, lang",
+    "correlation": "model, checkpoint, method, pivot_lang, benchmark",
+}
+
+
+@pytest.mark.parametrize("fixture", ["lake", "tricky_lake"])
+def test_every_view_is_unique_on_its_declared_grain(fixture, request):
+    got = request.getfixturevalue(fixture)
+    con = got["con"] if isinstance(got, dict) else got
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW benchmarks AS SELECT * FROM (VALUES ('xnli', 'fra', 1.0, NULL, NULL),"
+        " ('xnli', 'deu', 2.0, NULL, NULL), ('xnli', 'deu', 3.0, 'other-model', NULL))"
+        " AS t(benchmark, lang, value, model, checkpoint)"
+    )
+    sql_text = "".join(text for _, text in __import__("neuronxa_ray.sql", fromlist=["x"]).sql_texts())
+    for view, key in GRAINS.items():
+        assert f"Grain: ({key})" in " ".join(sql_text.split()), view  # the header declares this grain
+        total, distinct = con.execute(f"SELECT count(*), count(DISTINCT ({key})) FROM {view}").fetchone()
+        assert total == distinct, view
+        if view not in ("mutual_nn_from_states", "alignment_from_states") or fixture == "lake":
+            assert total > 0, view

@@ -1,0 +1,221 @@
+"""SQL views at scale: alignment_summary, retrieval and correlation over `matches` (O(n) rows per language, method
+and layer) against the cell-based path over `similarity` (O(n^2) cells) that the views used before.
+
+Synthetic lakes written by the project's writers (states_table is not needed: the views read matches): 130
+method-layers as for a 7B model (nas/nav 32 blocks, hidden/hidden_last 33 states), at 50 languages x 100 sentences
+and at 20 languages x 1,012 sentences (FLORES). The per-sentence results come from real cosine matrices of random
+states (match_stats, as the worker computes them) for two template languages, reused for the others: query cost
+does not depend on the values. The cell-based baseline needs `similarity`: written for every language of the
+small lake and for 2 languages of the FLORES lake (its old query needs ~40 s and 2.3 GB there). DuckDB runs on 2
+threads; goal: each view <= 2 s.
+
+    python -m benchmarks.bench_sql            (about 3 minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import report, save
+from neuronxa_ray.lake import Lake, matches_table, similarity_table
+from neuronxa_ray.scoring import cosine_matrices, match_stats
+from neuronxa_ray.sql import connect
+
+LAYERS = {"nas": 32, "nav": 32, "hidden": 33, "hidden_last": 33}  # 130 method-layers
+MODEL, CKPT, PIVOT = "synthetic-7b", "main", "eng"
+GOAL_S = 2.0
+NEW = {  # view -> query over matches
+    "alignment_summary": "SELECT * FROM alignment_summary",
+    "retrieval": "SELECT * FROM retrieval",
+    "correlation": "SELECT * FROM correlation",
+}
+OLD = {  # the same answers from the stored cells, with the view definitions used before matches existed
+    "alignment_summary": "SELECT * FROM before_alignment_summary",
+    "retrieval": "SELECT * FROM before_retrieval",
+    "correlation": "SELECT * FROM correlation_of('before_alignment_summary')",
+}
+# Verbatim the previous `retrieval` and `alignment_summary` views, over the cell-based mutual_nn / alignment.
+BEFORE_SQL = """
+CREATE OR REPLACE TEMP VIEW before_retrieval AS
+WITH directions AS (
+    SELECT model, checkpoint, method, pivot_lang, lang, layer, 'pivot_to_lang' AS direction, row_hit AS hit
+    FROM mutual_nn_from_cells
+    UNION ALL
+    SELECT model, checkpoint, method, pivot_lang, lang, layer, 'lang_to_pivot' AS direction, column_hit AS hit
+    FROM mutual_nn_from_cells
+)
+SELECT
+    model, checkpoint, method, pivot_lang, lang, CAST(layer AS INTEGER) AS layer, direction,
+    avg(CASE WHEN hit THEN 1.0 ELSE 0.0 END) AS accuracy
+FROM directions
+GROUP BY ALL;
+
+CREATE OR REPLACE TEMP VIEW before_alignment_summary AS
+WITH per_language AS (
+    SELECT
+        model, checkpoint, method, pivot_lang, lang,
+        avg(score) AS score_mean,
+        max(score) AS score_max,
+        CAST(count(*) AS INTEGER) AS n_layers,
+        max(n_sentences) AS n_sentences
+    FROM alignment_from_cells
+    GROUP BY ALL
+)
+SELECT
+    s.model, s.checkpoint, s.method, s.pivot_lang, s.lang, s.score_mean, s.score_max,
+    (SELECT min(a.layer) FROM alignment_from_cells AS a
+      WHERE a.model = s.model AND a.checkpoint = s.checkpoint AND a.method = s.method
+        AND a.pivot_lang = s.pivot_lang AND a.lang = s.lang AND a.score = s.score_max) AS best_layer,
+    s.n_layers, s.n_sentences
+FROM per_language AS s;
+"""
+
+
+def _matrices(rng: np.random.Generator, n: int, noise: float) -> dict[str, np.ndarray]:
+    """method -> [layers, n, n] float64 cosines of random 32-dim states with parallel partners."""
+    out = {}
+    for method, layers in LAYERS.items():
+        p = torch.from_numpy(rng.normal(size=(n, layers, 32)).astype(np.float32))
+        x = p + noise * torch.from_numpy(rng.normal(size=(n, layers, 32)).astype(np.float32))
+        out[method] = cosine_matrices(p, x).numpy()
+    return out
+
+
+def _lang(k: int) -> str:
+    return f"l{k:03d}"
+
+
+def build(root: Path, n_langs: int, n: int, similarity_langs: int, seed: int = 0) -> dict:
+    """Write matches for n_langs languages (and similarity for the first similarity_langs); return byte counts."""
+    rng = np.random.default_rng(seed)
+    lake = Lake(root)
+    templates = []
+    for noise in (1.2, 2.0):
+        mats = _matrices(rng, n, noise)
+        stats = {m: match_stats(torch.from_numpy(c)).numpy() for m, c in mats.items()}
+        templates.append((mats, stats))
+    for k in range(n_langs):
+        lang = _lang(k)
+        mats, stats = templates[k % 2]
+        lake.write(
+            "matches",
+            matches_table(MODEL, CKPT, PIVOT, lang, stats),
+            lake.language_file("matches", MODEL, CKPT, lang, PIVOT),
+        )
+        if k < similarity_langs:
+            path = lake.language_file("similarity", MODEL, CKPT, lang, PIVOT)
+            lake.write("similarity", similarity_table(MODEL, CKPT, PIVOT, lang, mats), path)
+    values = rng.uniform(20, 90, size=n_langs)
+    lake.write(
+        "benchmarks",
+        {
+            "benchmark": ["xnli"] * n_langs,
+            "lang": [_lang(k) for k in range(n_langs)],
+            "value": values,
+            "model": [None] * n_langs,
+            "checkpoint": [None] * n_langs,
+        },
+        root / "benchmarks" / "xnli.parquet",
+    )
+    method_layers = sum(LAYERS.values())
+    size = {t: sum(f.stat().st_size for f in lake.files(t)) for t in ("matches", "similarity")}
+    return {
+        "matches_bytes_per_lang_method_layer": size["matches"] / (n_langs * method_layers),
+        "similarity_bytes_per_lang_method_layer": size["similarity"] / max(similarity_langs * method_layers, 1),
+        "bytes": size,
+    }
+
+
+def _connect(root: Path):
+    con = connect(root)
+    con.execute("SET threads = 2")
+    con.execute(BEFORE_SQL)
+    return con
+
+
+def _time(con, query: str, reps: int) -> tuple[float, list]:
+    best, rows = float("inf"), []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        rows = con.execute(query).fetchall()
+        best = min(best, time.perf_counter() - t0)
+    return best, sorted(rows, key=repr)
+
+
+def _same(a: list, b: list) -> bool:
+    """Equal rows; floats within 1e-12 (a layer mean may sum in another order)."""
+    return len(a) == len(b) and all(
+        len(x) == len(y)
+        and all(u == v or (isinstance(u, float) and isinstance(v, float) and abs(u - v) <= 1e-12) for u, v in zip(x, y))
+        for x, y in zip(a, b)
+    )
+
+
+def run_case(label: str, n_langs: int, n: int, similarity_langs: int, old_views: tuple[str, ...]) -> tuple[list, dict]:
+    root = Path(tempfile.mkdtemp(prefix=f"bench-sql-{n}-"))
+    try:
+        t0 = time.perf_counter()
+        sizes = build(root, n_langs, n, similarity_langs)
+        print(
+            f"{label} x 130 method-layers, built in {time.perf_counter() - t0:.0f}s;"
+            f" bytes per (language, method, layer): matches {sizes['matches_bytes_per_lang_method_layer']:,.0f},"
+            f" similarity {sizes['similarity_bytes_per_lang_method_layer']:,.0f}",
+            flush=True,
+        )
+        con = _connect(root)
+        results, figures = [], {"sizes": sizes, "new_s": {}, "old_s": {}, "new_subset_s": {}, "same_answers": {}}
+        answers = {}
+        for view, query in NEW.items():
+            seconds, answers[view] = _time(con, query, reps=3)
+            figures["new_s"][view] = seconds
+            rows = len(answers[view])
+            results.append(report(f"{label}: {view} (matches, {rows} rows) seconds", seconds, GOAL_S, "s", False))
+        subset = [_lang(k) for k in range(similarity_langs)]
+        if similarity_langs < n_langs:  # the old path covers only these languages: compare on them too
+            filt = f" WHERE lang IN ({', '.join(repr(x) for x in subset)})"
+            for view in old_views:
+                seconds, answers[view] = _time(con, NEW[view] + (filt if view != "correlation" else ""), reps=3)
+                figures["new_subset_s"][view] = seconds
+                print(f"    {view} (matches, the {len(subset)} languages of the old path): {seconds:.3f}s", flush=True)
+        for view in old_views:
+            seconds, rows = _time(con, OLD[view], reps=1)
+            figures["old_s"][view] = seconds
+            same = _same(rows, answers[view]) if view != "correlation" or similarity_langs == n_langs else None
+            figures["same_answers"][view] = same
+            print(
+                f"    {view} (cells, {len(rows)} rows, {len(subset)} languages): {seconds:.2f}s before;"
+                f" same answers as matches: {same}",
+                flush=True,
+            )
+        return results, figures
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-baseline", action="store_true", help="skip the cell-based path (the slow part)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    results, payload = [], {}
+    small_old = () if args.no_baseline else ("alignment_summary", "retrieval", "correlation")
+    res, payload["50x100"] = run_case("50 langs x 100", 50, 100, 0 if args.no_baseline else 50, small_old)
+    results += res
+    big_old = () if args.no_baseline else ("alignment_summary",)
+    res, payload["20x1012"] = run_case("20 langs x 1012", 20, 1012, 0 if args.no_baseline else 2, big_old)
+    results += res
+    print(f"  ({time.perf_counter() - t0:.0f}s)")
+    save("sql", {**payload, "results": results})
+    return results
+
+
+if __name__ == "__main__":
+    main()
