@@ -14,6 +14,7 @@ import duckdb
 import pyarrow as pa
 
 from neuronxa_ray.lake import SCHEMAS, Lake
+from neuronxa_ray.stats import register as register_functions
 
 RAW_TABLES = ("sentence_states", "neuron_counts", "similarity", "runs", "benchmarks")
 
@@ -50,6 +51,7 @@ def connect(lake_root: str | Path, database: str = ":memory:") -> duckdb.DuckDBP
         else:  # no files yet: an empty view with the table's columns, so every query still binds
             con.register(f"_empty_{table}", pa.table({f.name: pa.array([], f.type) for f in SCHEMAS[table]}))
             con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _empty_{table}")
+    register_functions(con)  # p-values, confidence intervals, canonical_lang(): the views below call them
     for _, text in sql_texts():
         con.execute(text)
     return con

@@ -1,5 +1,8 @@
--- Language-specific neurons (LAPE, Tang et al. 2024) from the per-language neuron counters.
--- Answers: "how often does each FFN neuron fire in each language, and which neurons fire for one language only?"
+-- Language-specific neurons (LAPE, Tang et al. 2024) and neuron overlap between languages, from the
+-- per-language neuron counters.
+-- Answers: "how often does each FFN neuron fire in each language, which neurons fire for few languages only
+-- (LAPE's selection, exactly as the authors' identify.py makes it), and how many active neurons do two languages
+-- share per layer and checkpoint?"
 
 -- neuron_activation: activation probability p(lang, layer, neuron) = tokens with activation > 0 / tokens.
 CREATE OR REPLACE VIEW neuron_activation AS
@@ -10,8 +13,9 @@ SELECT
     n_tokens
 FROM neuron_counts;
 
--- neuron_entropy: entropy of a neuron's activation probabilities normalised over languages; low entropy means
--- the neuron fires for few languages. top_lang is the language where it fires most.
+-- neuron_entropy: entropy of a neuron's activation probabilities normalised over languages (LAPE's entropy;
+-- a neuron that never fires has entropy 0, as identify.py's NaN -> 0); low entropy means the neuron fires for
+-- few languages. top_lang is the language where it fires most.
 CREATE OR REPLACE VIEW neuron_entropy AS
 WITH shares AS (
     SELECT
@@ -28,26 +32,105 @@ SELECT
 FROM shares
 GROUP BY ALL;
 
--- language_specific_neurons: LAPE's selection with its defaults: among neurons whose top activation probability
--- is above the 95th percentile of all probabilities, the 1% with the lowest entropy; each is assigned to the
--- languages where its probability is above that percentile.
-CREATE OR REPLACE VIEW language_specific_neurons AS
-WITH bar AS (
-    SELECT model, checkpoint, quantile_cont(activation_prob, 0.95) AS prob_bar
+-- lape_neurons(filter_rate, top_rate, activation_bar_ratio): LAPE's selection (identify.py, `activation()`),
+-- step by step, per model and checkpoint, over all layers stacked as the original does:
+--   1. P = every activation probability (all layers x neurons x languages), in ascending order; an order
+--      statistic at rate q is P's k-th smallest value with k = round(|P| * q) (torch.kthvalue, 1-based; Python's
+--      round: halves go to the even integer; the rate multiplies |P| as a double, as in Python).
+--   2. filter: a neuron stays a candidate when some language's probability is above the filter_rate order
+--      statistic; the others get entropy +inf.
+--   3. top: the round(top_rate x ALL neurons) neurons of lowest entropy (torch.topk(largest=False)); equal
+--      entropies are taken in (layer, neuron) order (topk leaves that order unspecified). When fewer candidates
+--      exist, the rest are taken from the +inf neurons in the same order, as topk does.
+--   4. each chosen neuron belongs to every language whose probability is above the activation_bar_ratio order
+--      statistic (possibly none, possibly several).
+-- One row per (neuron, language) kept, with the neuron's entropy and that language's probability.
+CREATE OR REPLACE MACRO lape_neurons(filter_rate := 0.95, top_rate := 0.01, activation_bar_ratio := 0.95) AS TABLE
+WITH ordered AS (
+    SELECT
+        model, checkpoint, activation_prob,
+        row_number() OVER (PARTITION BY model, checkpoint ORDER BY activation_prob) AS k,
+        count(*) OVER (PARTITION BY model, checkpoint) AS n_probs
     FROM neuron_activation
+),
+bars AS (
+    SELECT
+        model, checkpoint,
+        max(activation_prob) FILTER (
+            WHERE k = round_even(CAST(n_probs AS DOUBLE) * CAST(filter_rate AS DOUBLE), 0)) AS filter_bar,
+        max(activation_prob) FILTER (
+            WHERE k = round_even(CAST(n_probs AS DOUBLE) * CAST(activation_bar_ratio AS DOUBLE), 0)) AS activation_bar
+    FROM ordered
     GROUP BY ALL
 ),
-candidates AS (
-    SELECT e.*, b.prob_bar
-    FROM neuron_entropy AS e
-    JOIN bar AS b USING (model, checkpoint)
-    WHERE e.max_prob > b.prob_bar AND e.n_languages > 1
-),
 ranked AS (
-    SELECT *, percent_rank() OVER (PARTITION BY model, checkpoint ORDER BY entropy) AS entropy_rank
-    FROM candidates
+    SELECT
+        e.model, e.checkpoint, e.layer, e.neuron, e.entropy, b.activation_bar,
+        row_number() OVER (
+            PARTITION BY e.model, e.checkpoint
+            ORDER BY CASE WHEN e.max_prob > b.filter_bar THEN e.entropy ELSE 'inf'::DOUBLE END, e.layer, e.neuron
+        ) AS position,
+        count(*) OVER (PARTITION BY e.model, e.checkpoint) AS n_neurons
+    FROM neuron_entropy AS e
+    JOIN bars AS b USING (model, checkpoint)
+),
+chosen AS (
+    SELECT *
+    FROM ranked
+    WHERE position <= round_even(CAST(n_neurons AS DOUBLE) * CAST(top_rate AS DOUBLE), 0)
 )
-SELECT r.model, r.checkpoint, r.layer, r.neuron, a.lang, r.entropy, a.activation_prob
-FROM ranked AS r
+SELECT c.model, c.checkpoint, c.layer, c.neuron, a.lang, c.entropy, a.activation_prob
+FROM chosen AS c
 JOIN neuron_activation AS a USING (model, checkpoint, layer, neuron)
-WHERE r.entropy_rank <= 0.01 AND a.activation_prob > r.prob_bar;
+WHERE a.activation_prob > c.activation_bar;
+
+-- language_specific_neurons(model, checkpoint, layer, neuron, lang, entropy, activation_prob): LAPE with its
+-- defaults (filter_rate 0.95, top_rate 0.01, activation_bar_ratio 0.95; Tang et al. 2024 keep the 1% of
+-- lowest-entropy neurons). Other thresholds: SELECT * FROM lape_neurons(top_rate := 0.05).
+CREATE OR REPLACE VIEW language_specific_neurons AS SELECT * FROM lape_neurons();
+
+-- neuron_overlap_at(threshold): per model, checkpoint and layer, for every ordered pair of languages, the
+-- neurons active for each (activation probability > threshold) and for both, and their Jaccard index
+-- n_both / (n_a + n_b - n_both) (NULL when neither has an active neuron). Both orders of a pair are listed, so
+-- `WHERE lang_a = 'eng'` gives English against every language. Per checkpoint, so its change across training
+-- can be followed (Wang et al. 2024, "Probing the Emergence of Cross-lingual Alignment during LLM Training").
+CREATE OR REPLACE MACRO neuron_overlap_at(threshold := 0.5) AS TABLE
+WITH languages AS (
+    SELECT DISTINCT model, checkpoint, layer, lang FROM neuron_activation
+),
+active AS (
+    SELECT model, checkpoint, layer, neuron, lang
+    FROM neuron_activation
+    WHERE activation_prob > threshold
+),
+sizes AS (
+    SELECT l.model, l.checkpoint, l.layer, l.lang, count(a.neuron) AS n_active
+    FROM languages AS l
+    LEFT JOIN active AS a USING (model, checkpoint, layer, lang)
+    GROUP BY ALL
+),
+shared AS (
+    SELECT a.model, a.checkpoint, a.layer, a.lang AS lang_a, b.lang AS lang_b, count(*) AS n_both
+    FROM active AS a
+    JOIN active AS b
+      ON a.model = b.model AND a.checkpoint = b.checkpoint AND a.layer = b.layer AND a.neuron = b.neuron
+     AND a.lang <> b.lang
+    GROUP BY ALL
+)
+SELECT
+    x.model, x.checkpoint, x.layer, x.lang AS lang_a, y.lang AS lang_b,
+    coalesce(s.n_both, 0) / nullif(x.n_active + y.n_active - coalesce(s.n_both, 0), 0) AS jaccard,
+    CAST(x.n_active AS INTEGER) AS n_a, CAST(y.n_active AS INTEGER) AS n_b,
+    CAST(coalesce(s.n_both, 0) AS INTEGER) AS n_both
+FROM sizes AS x
+JOIN sizes AS y
+  ON x.model = y.model AND x.checkpoint = y.checkpoint AND x.layer = y.layer AND x.lang <> y.lang
+LEFT JOIN shared AS s
+  ON s.model = x.model AND s.checkpoint = x.checkpoint AND s.layer = x.layer
+ AND s.lang_a = x.lang AND s.lang_b = y.lang;
+
+-- neuron_overlap(model, checkpoint, layer, lang_a, lang_b, jaccard, n_a, n_b, n_both): active = fires on more
+-- than half of the language's tokens (threshold 0.5). A fixed majority rule, not a quantile of the lake, so a
+-- neuron's status does not move with the other neurons, languages or checkpoints in the lake, and overlaps stay
+-- comparable across training. Other thresholds: SELECT * FROM neuron_overlap_at(threshold := 0.8).
+CREATE OR REPLACE VIEW neuron_overlap AS SELECT * FROM neuron_overlap_at();
