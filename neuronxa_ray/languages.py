@@ -95,5 +95,7 @@ def register(con) -> None:
     from neuronxa_ray.stats import sql_type
 
     VARCHAR = sql_type("VARCHAR")
-    con.create_function("canonical_lang", canonical_lang, [VARCHAR], VARCHAR, side_effects=False)
-    con.create_function("language_name", language_name, [VARCHAR], VARCHAR, side_effects=False)
+    con.create_function(
+        "canonical_lang", canonical_lang, [VARCHAR], VARCHAR, null_handling="special", side_effects=False
+    )
+    con.create_function("language_name", language_name, [VARCHAR], VARCHAR, null_handling="special", side_effects=False)

@@ -90,8 +90,16 @@ def register(con) -> None:
     from neuronxa_ray import languages
 
     double, bigint = sql_type("DOUBLE"), sql_type("BIGINT")
-    con.create_function("pearson_pvalue", pearson_pvalue, [double, bigint], double, side_effects=False)
-    con.create_function("spearman_pvalue", spearman_pvalue, [double, bigint], double, side_effects=False)
-    con.create_function("fisher_ci_low", fisher_ci_low, [double, bigint, double], double, side_effects=False)
-    con.create_function("fisher_ci_high", fisher_ci_high, [double, bigint, double], double, side_effects=False)
+    con.create_function(
+        "pearson_pvalue", pearson_pvalue, [double, bigint], double, null_handling="special", side_effects=False
+    )
+    con.create_function(
+        "spearman_pvalue", spearman_pvalue, [double, bigint], double, null_handling="special", side_effects=False
+    )
+    con.create_function(
+        "fisher_ci_low", fisher_ci_low, [double, bigint, double], double, null_handling="special", side_effects=False
+    )
+    con.create_function(
+        "fisher_ci_high", fisher_ci_high, [double, bigint, double], double, null_handling="special", side_effects=False
+    )
     languages.register(con)

@@ -15,22 +15,76 @@ FROM neuron_counts;
 
 -- neuron_entropy: entropy of a neuron's activation probabilities normalised over languages (LAPE's entropy;
 -- a neuron that never fires has entropy 0, as identify.py's NaN -> 0); low entropy means the neuron fires for
--- few languages. top_lang is the language where it fires most.
+-- few languages. top_lang is the language where it fires most (the first in name order on a tie). Sums run in
+-- language order (ORDER BY inside the aggregate): a parallel sum's order, hence its last bit, could change
+-- between runs, and equal entropies must stay equal for LAPE's tie order to hold.
 CREATE OR REPLACE VIEW neuron_entropy AS
-WITH shares AS (
+WITH totals AS (
     SELECT
-        *,
-        activation_prob / nullif(sum(activation_prob) OVER (PARTITION BY model, checkpoint, layer, neuron), 0) AS share
+        model, checkpoint, layer, neuron,
+        sum(activation_prob ORDER BY lang) AS total,
+        max(activation_prob) AS max_prob,
+        first(lang ORDER BY activation_prob DESC, lang) AS top_lang,
+        CAST(count(*) AS INTEGER) AS n_languages
     FROM neuron_activation
+    GROUP BY ALL
+),
+shares AS (
+    SELECT a.model, a.checkpoint, a.layer, a.neuron, a.lang, a.activation_prob / nullif(t.total, 0) AS share
+    FROM neuron_activation AS a
+    JOIN totals AS t USING (model, checkpoint, layer, neuron)
+),
+entropies AS (
+    SELECT
+        model, checkpoint, layer, neuron,
+        -sum(CASE WHEN share > 0 THEN share * ln(share) ELSE 0 END ORDER BY lang) AS entropy
+    FROM shares
+    GROUP BY ALL
+)
+SELECT e.model, e.checkpoint, e.layer, e.neuron, e.entropy, t.max_prob, t.top_lang, t.n_languages
+FROM entropies AS e
+JOIN totals AS t USING (model, checkpoint, layer, neuron);
+
+-- lape_thresholds(...): the order statistics and counts of steps 1 and 3 per model and checkpoint: n_probs
+-- (|P|), filter_k and filter_bar, activation_k and activation_bar (k and the k-th smallest probability),
+-- n_neurons (layers x neurons), n_candidates (neurons passing the filter) and n_top (neurons taken).
+CREATE OR REPLACE MACRO lape_thresholds(filter_rate := 0.95, top_rate := 0.01, activation_bar_ratio := 0.95) AS TABLE
+WITH ordered AS (
+    SELECT
+        model, checkpoint, activation_prob,
+        row_number() OVER (PARTITION BY model, checkpoint ORDER BY activation_prob) AS k,
+        count(*) OVER (PARTITION BY model, checkpoint) AS n_probs
+    FROM neuron_activation
+),
+ranks AS (
+    SELECT DISTINCT
+        model, checkpoint, n_probs,
+        CAST(round_even(CAST(n_probs AS DOUBLE) * CAST(filter_rate AS DOUBLE), 0) AS BIGINT) AS filter_k,
+        CAST(round_even(CAST(n_probs AS DOUBLE) * CAST(activation_bar_ratio AS DOUBLE), 0) AS BIGINT) AS activation_k
+    FROM ordered
+),
+bars AS (
+    SELECT
+        r.model, r.checkpoint, r.n_probs, r.filter_k,
+        (SELECT o.activation_prob FROM ordered AS o
+          WHERE o.model = r.model AND o.checkpoint = r.checkpoint AND o.k = r.filter_k) AS filter_bar,
+        r.activation_k,
+        (SELECT o.activation_prob FROM ordered AS o
+          WHERE o.model = r.model AND o.checkpoint = r.checkpoint AND o.k = r.activation_k) AS activation_bar
+    FROM ranks AS r
+),
+neurons AS (
+    SELECT e.model, e.checkpoint, count(*) AS n_neurons, count(*) FILTER (WHERE e.max_prob > b.filter_bar) AS n_candidates
+    FROM neuron_entropy AS e
+    JOIN bars AS b USING (model, checkpoint)
+    GROUP BY ALL
 )
 SELECT
-    model, checkpoint, layer, neuron,
-    -sum(CASE WHEN share > 0 THEN share * ln(share) ELSE 0 END) AS entropy,
-    max(activation_prob) AS max_prob,
-    arg_max(lang, activation_prob) AS top_lang,
-    CAST(count(*) AS INTEGER) AS n_languages
-FROM shares
-GROUP BY ALL;
+    b.model, b.checkpoint, b.n_probs, b.filter_k, b.filter_bar, b.activation_k, b.activation_bar,
+    n.n_neurons, n.n_candidates,
+    CAST(round_even(CAST(n.n_neurons AS DOUBLE) * CAST(top_rate AS DOUBLE), 0) AS BIGINT) AS n_top
+FROM bars AS b
+JOIN neurons AS n USING (model, checkpoint);
 
 -- lape_neurons(filter_rate, top_rate, activation_bar_ratio): LAPE's selection (identify.py, `activation()`),
 -- step by step, per model and checkpoint, over all layers stacked as the original does:
@@ -46,43 +100,24 @@ GROUP BY ALL;
 --      statistic (possibly none, possibly several).
 -- One row per (neuron, language) kept, with the neuron's entropy and that language's probability.
 CREATE OR REPLACE MACRO lape_neurons(filter_rate := 0.95, top_rate := 0.01, activation_bar_ratio := 0.95) AS TABLE
-WITH ordered AS (
-    SELECT
-        model, checkpoint, activation_prob,
-        row_number() OVER (PARTITION BY model, checkpoint ORDER BY activation_prob) AS k,
-        count(*) OVER (PARTITION BY model, checkpoint) AS n_probs
-    FROM neuron_activation
-),
-bars AS (
-    SELECT
-        model, checkpoint,
-        max(activation_prob) FILTER (
-            WHERE k = round_even(CAST(n_probs AS DOUBLE) * CAST(filter_rate AS DOUBLE), 0)) AS filter_bar,
-        max(activation_prob) FILTER (
-            WHERE k = round_even(CAST(n_probs AS DOUBLE) * CAST(activation_bar_ratio AS DOUBLE), 0)) AS activation_bar
-    FROM ordered
-    GROUP BY ALL
+WITH bars AS (
+    SELECT * FROM lape_thresholds(
+        filter_rate := filter_rate, top_rate := top_rate, activation_bar_ratio := activation_bar_ratio)
 ),
 ranked AS (
     SELECT
-        e.model, e.checkpoint, e.layer, e.neuron, e.entropy, b.activation_bar,
+        e.model, e.checkpoint, e.layer, e.neuron, e.entropy, b.activation_bar, b.n_top,
         row_number() OVER (
             PARTITION BY e.model, e.checkpoint
             ORDER BY CASE WHEN e.max_prob > b.filter_bar THEN e.entropy ELSE 'inf'::DOUBLE END, e.layer, e.neuron
-        ) AS position,
-        count(*) OVER (PARTITION BY e.model, e.checkpoint) AS n_neurons
+        ) AS position
     FROM neuron_entropy AS e
     JOIN bars AS b USING (model, checkpoint)
-),
-chosen AS (
-    SELECT *
-    FROM ranked
-    WHERE position <= round_even(CAST(n_neurons AS DOUBLE) * CAST(top_rate AS DOUBLE), 0)
 )
-SELECT c.model, c.checkpoint, c.layer, c.neuron, a.lang, c.entropy, a.activation_prob
-FROM chosen AS c
+SELECT r.model, r.checkpoint, r.layer, r.neuron, a.lang, r.entropy, a.activation_prob
+FROM ranked AS r
 JOIN neuron_activation AS a USING (model, checkpoint, layer, neuron)
-WHERE a.activation_prob > c.activation_bar;
+WHERE r.position <= r.n_top AND a.activation_prob > r.activation_bar;
 
 -- language_specific_neurons(model, checkpoint, layer, neuron, lang, entropy, activation_prob): LAPE with its
 -- defaults (filter_rate 0.95, top_rate 0.01, activation_bar_ratio 0.95; Tang et al. 2024 keep the 1% of

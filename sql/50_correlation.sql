@@ -28,8 +28,16 @@ QUALIFY row_number() OVER (
     ORDER BY b.checkpoint IS NOT NULL DESC, b.model IS NOT NULL DESC, b.lang
 ) = 1;
 
+-- clip_corr(c): a coefficient clipped into [-1, 1] (rounding can leave it just outside, scipy clips the same
+-- way); NaN (a constant input) and NULL pass through. NaN sorts above every number in DuckDB, hence the isnan.
+CREATE OR REPLACE MACRO clip_corr(c) AS
+    CASE WHEN c > 1 AND NOT isnan(c) THEN 1.0 WHEN c < -1 THEN -1.0 ELSE c END;
+
 -- correlate(points): per group key g (a STRUCT), the correlation of x and y over the group's points with its
 -- p-values and 95% Fisher-z intervals. `points` names a view with columns g, x, y.
+-- Spearman's rho is computed from the centred average ranks: their mean is exactly (n+1)/2 and every deviation
+-- a multiple of 1/2, so the sums are exact in double precision and identical rank orders give exactly 1 (a
+-- one-ulp error there would turn scipy's p = 0 into 1e-8 at n = 3).
 CREATE OR REPLACE MACRO correlate(points) AS TABLE
 WITH pts AS (
     SELECT g, x, y FROM query_table(points) WHERE x IS NOT NULL AND y IS NOT NULL
@@ -38,17 +46,20 @@ ranked AS (
     SELECT
         g, x, y,
         (rank() OVER (PARTITION BY g ORDER BY x) + count(*) OVER (PARTITION BY g)
-         - rank() OVER (PARTITION BY g ORDER BY x DESC) + 1) / 2.0 AS x_rank,
+         - rank() OVER (PARTITION BY g ORDER BY x DESC) + 1) / 2.0
+            - (count(*) OVER (PARTITION BY g) + 1) / 2.0 AS x_dev,
         (rank() OVER (PARTITION BY g ORDER BY y) + count(*) OVER (PARTITION BY g)
-         - rank() OVER (PARTITION BY g ORDER BY y DESC) + 1) / 2.0 AS y_rank
+         - rank() OVER (PARTITION BY g ORDER BY y DESC) + 1) / 2.0
+            - (count(*) OVER (PARTITION BY g) + 1) / 2.0 AS y_dev
     FROM pts
 ),
 coefficients AS (
     SELECT
         g,
         count(*) AS n,
-        greatest(-1.0, least(1.0, corr(x, y))) AS pearson,
-        greatest(-1.0, least(1.0, corr(x_rank, y_rank))) AS spearman
+        clip_corr(corr(x, y)) AS pearson,
+        clip_corr(CAST(sum(x_dev * y_dev) AS DOUBLE)
+                  / sqrt(CAST(sum(x_dev * x_dev) AS DOUBLE) * CAST(sum(y_dev * y_dev) AS DOUBLE))) AS spearman
     FROM ranked
     GROUP BY g
 )
