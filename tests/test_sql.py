@@ -326,5 +326,6 @@ def test_views_bind_on_an_empty_lake(tmp_path):
         "benchmark_pairs",
         "neuron_overlap",
         "lape_thresholds()",
+        "languages",
     ):
         assert con.execute(f"SELECT count(*) FROM {view}").fetchone()[0] == 0

@@ -203,9 +203,7 @@ def identify_port(over_zero, n, top_rate, filter_rate, activation_bar_ratio):
         final_indice.append(layer_index)
     extra = {
         "entropy": flattened_entropy,
-        "index": index_all
-        if (index_all := merged_index[:, 0] * entropy.size(1) + merged_index[:, 1]) is not None
-        else None,
+        "index": row_index * entropy.size(1) + col_index,  # the top-k picks (flat layer x neuron index)
         "probs": activation_probs,
         "filter_bar": top_prob_value,
         "activation_bar": activation_bar,
