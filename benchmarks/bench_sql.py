@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from benchmarks.common import report, save
@@ -39,7 +40,7 @@ NEW = {  # view -> query over matches
 OLD = {  # the same answers from the stored cells, with the view definitions used before matches existed
     "alignment_summary": "SELECT * FROM before_alignment_summary",
     "retrieval": "SELECT * FROM before_retrieval",
-    "correlation": "SELECT * FROM correlation_of('before_alignment_summary')",
+    "correlation": "SELECT * FROM before_correlation",
 }
 # Verbatim the previous `retrieval` and `alignment_summary` views, over the cell-based mutual_nn / alignment.
 BEFORE_SQL = """
@@ -75,6 +76,36 @@ SELECT
         AND a.pivot_lang = s.pivot_lang AND a.lang = s.lang AND a.score = s.score_max) AS best_layer,
     s.n_layers, s.n_sentences
 FROM per_language AS s;
+
+CREATE OR REPLACE TEMP VIEW before_correlation AS
+WITH pairs AS (
+    SELECT s.model, s.checkpoint, s.method, s.pivot_lang, b.benchmark, s.lang, s.score_mean AS score, b.value
+    FROM before_alignment_summary AS s
+    JOIN benchmarks AS b
+      ON b.lang = s.lang
+     AND (b.model IS NULL OR b.model = s.model)
+     AND (b.checkpoint IS NULL OR b.checkpoint = s.checkpoint)
+),
+ranked AS (
+    SELECT
+        *,
+        (rank() OVER (PARTITION BY model, checkpoint, method, pivot_lang, benchmark ORDER BY score)
+         + count(*) OVER (PARTITION BY model, checkpoint, method, pivot_lang, benchmark)
+         - rank() OVER (PARTITION BY model, checkpoint, method, pivot_lang, benchmark ORDER BY score DESC) + 1) / 2.0
+            AS score_rank,
+        (rank() OVER (PARTITION BY model, checkpoint, method, pivot_lang, benchmark ORDER BY value)
+         + count(*) OVER (PARTITION BY model, checkpoint, method, pivot_lang, benchmark)
+         - rank() OVER (PARTITION BY model, checkpoint, method, pivot_lang, benchmark ORDER BY value DESC) + 1) / 2.0
+            AS value_rank
+    FROM pairs
+)
+SELECT
+    model, checkpoint, method, pivot_lang, benchmark,
+    CAST(count(*) AS INTEGER) AS n_languages,
+    corr(score, value) AS pearson,
+    corr(score_rank, value_rank) AS spearman
+FROM ranked
+GROUP BY ALL;
 """
 
 
@@ -104,28 +135,25 @@ def build(root: Path, n_langs: int, n: int, similarity_langs: int, seed: int = 0
     for k in range(n_langs):
         lang = _lang(k)
         mats, stats = templates[k % 2]
-        lake.write(
+        written = lake.write(
             "matches",
             matches_table(MODEL, CKPT, PIVOT, lang, stats),
             lake.language_file("matches", MODEL, CKPT, lang, PIVOT),
         )
+        files = [written]
         if k < similarity_langs:
             path = lake.language_file("similarity", MODEL, CKPT, lang, PIVOT)
-            lake.write("similarity", similarity_table(MODEL, CKPT, PIVOT, lang, mats), path)
+            files.append(lake.write("similarity", similarity_table(MODEL, CKPT, PIVOT, lang, mats), path))
+        # the completion marker the worker writes last: views read only languages whose marker verifies
+        lake.mark_done(MODEL, CKPT, PIVOT, lang, f"fp-{lang}", {"checkpoint_fingerprint": "fp"}, files)
+    lake.mark_done(MODEL, CKPT, PIVOT, PIVOT, "fp-pivot", {"checkpoint_fingerprint": "fp"}, [])
     values = rng.uniform(20, 90, size=n_langs)
-    lake.write(
-        "benchmarks",
-        {
-            "benchmark": ["xnli"] * n_langs,
-            "lang": [_lang(k) for k in range(n_langs)],
-            "value": values,
-            "model": [None] * n_langs,
-            "checkpoint": [None] * n_langs,
-        },
-        root / "benchmarks" / "xnli.parquet",
+    lake.write_benchmarks(
+        "xnli",
+        pa.table({"benchmark": ["xnli"] * n_langs, "lang": [_lang(k) for k in range(n_langs)], "value": values}),
     )
     method_layers = sum(LAYERS.values())
-    size = {t: sum(f.stat().st_size for f in lake.files(t)) for t in ("matches", "similarity")}
+    size = {t: sum((root / f).stat().st_size for f in lake.files(t)) for t in ("matches", "similarity")}
     return {
         "matches_bytes_per_lang_method_layer": size["matches"] / (n_langs * method_layers),
         "similarity_bytes_per_lang_method_layer": size["similarity"] / max(similarity_langs * method_layers, 1),
@@ -187,7 +215,9 @@ def run_case(label: str, n_langs: int, n: int, similarity_langs: int, old_views:
         for view in old_views:
             seconds, rows = _time(con, OLD[view], reps=1)
             figures["old_s"][view] = seconds
-            same = _same(rows, answers[view]) if view != "correlation" or similarity_langs == n_langs else None
+            width = len(rows[0]) if rows else 0  # correlation now adds p-values and intervals: compare the old columns
+            new_rows = sorted((r[:width] for r in answers[view]), key=repr)
+            same = _same(rows, new_rows) if view != "correlation" or similarity_langs == n_langs else None
             figures["same_answers"][view] = same
             print(
                 f"    {view} (cells, {len(rows)} rows, {len(subset)} languages): {seconds:.2f}s before;"

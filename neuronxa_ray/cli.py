@@ -73,10 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     scores.add_argument("--pivot", help="only this pivot")
     scores.add_argument("--per-layer", action="store_true", help="one row per language and layer")
 
-    imp = sub.add_parser("import-benchmarks", help="add downstream results (CSV/TSV/Parquet) for correlations")
+    imp = sub.add_parser(
+        "import-benchmarks", help="add downstream results (CSV/TSV/Parquet, lm-eval JSON) for correlations"
+    )
     _lake_arg(imp)
-    imp.add_argument("file", help="table with columns benchmark, lang, value (optional model, checkpoint)")
+    imp.add_argument(
+        "file",
+        help="table with columns benchmark, lang, value (optional model, checkpoint), or an lm-evaluation-harness "
+        "results*.json, or a directory searched for them",
+    )
     imp.add_argument("--name", help="name of the stored file (default: the input's stem)")
+    imp.add_argument("--metric", help="lm-eval metric (acc_norm, or a key such as exact_match,flexible-extract)")
+    imp.add_argument("--model", help="model the results belong to (default: any; @results: lm-eval's own name)")
+    imp.add_argument("--checkpoint", help="checkpoint they belong to (default: any; @results: lm-eval's revision)")
+
     lake = sub.add_parser("lake", help="maintain the lake")
     lake_sub = lake.add_subparsers(dest="lake_command", required=True)
     check = lake_sub.add_parser("check", help="list broken, stale and orphaned files (exit 1 if any remain)")
@@ -335,26 +345,10 @@ def cmd_scores(args) -> int:
 
 
 def cmd_import_benchmarks(args) -> int:
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
+    from neuronxa_ray.benchmarks import import_benchmarks
 
-    from neuronxa_ray.errors import NeuronxaError
-    from neuronxa_ray.lake import Lake
-
-    src = Path(args.file)
-    if not src.is_file():
-        raise NeuronxaError(f"benchmark file {str(src)!r} does not exist")
-    if src.suffix == ".parquet":
-        table = pq.read_table(src)
-    else:
-        delimiter = "\t" if src.suffix == ".tsv" else ","
-        table = pcsv.read_csv(src, parse_options=pcsv.ParseOptions(delimiter=delimiter))
-    missing = {"benchmark", "lang", "value"} - set(table.column_names)
-    if missing:
-        raise NeuronxaError(f"{src}: missing columns {sorted(missing)} (need benchmark, lang, value)")
-    lake = Lake(_lake_dir(args))
-    written = lake.write_benchmarks(args.name or src.stem, table)
-    print(f"{table.num_rows} rows -> {lake.uri_of(written.path)}", file=sys.stderr)
+    table, path = import_benchmarks(_lake_dir(args), args.file, args.name, args.metric, args.model, args.checkpoint)
+    print(f"{table.num_rows} rows -> {path}", file=sys.stderr)
     return 0
 
 

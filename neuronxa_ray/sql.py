@@ -14,6 +14,7 @@ import duckdb
 import pyarrow as pa
 
 from neuronxa_ray.lake import Lake, table_schema
+from neuronxa_ray.stats import register as register_functions
 
 RAW_TABLES = ("sentence_states", "neuron_counts", "matches", "similarity", "runs", "benchmarks", "attempts")
 
@@ -73,6 +74,7 @@ def connect(lake: str | Path | Lake, database: str = ":memory:", reader: str = "
             )
             con.register(f"_arrow_{table}", dataset)
             con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _arrow_{table}")
+    register_functions(con)  # p-values, confidence intervals, canonical_lang(): the views below call them
     for _, text in sql_texts():
         con.execute(text)
     return con

@@ -204,15 +204,21 @@ def test_neuron_views_match_numpy(lake):
             expected = -sum(s * math.log(s) for s in share if s > 0)
             assert ent[(layer, n)][0] == pytest.approx(expected, abs=1e-12)
     assert ent[(0, 0)] == (pytest.approx(0.0), "eng")  # fires for English only
-    # LAPE selection, recomputed in numpy
-    all_p = np.concatenate([prob[lang].ravel() for lang in LANGS])
-    bar = np.quantile(all_p, 0.95)
-    cand = [(e, layer, n) for (layer, n), (e, _) in ent.items() if max(prob[lang][layer, n] for lang in LANGS) > bar]
-    ranks = scipy.stats.rankdata([c[0] for c in cand], method="min")
-    chosen = {(layer, n) for (e, layer, n), r in zip(cand, ranks) if (r - 1) / max(len(cand) - 1, 1) <= 0.01}
+    # LAPE selection (identify.py: kthvalue order statistics over every probability, round(top_rate x all
+    # neurons) lowest entropies among neurons with a language above the filter bar), recomputed in numpy
+    all_p = np.sort(np.concatenate([prob[lang].ravel() for lang in LANGS]))
+    bar = all_p[round(len(all_p) * 0.95) - 1]
+    n_top = round(LAYERS * DIM * 0.2)
+    key = {
+        (layer, n): (e if max(prob[lang][layer, n] for lang in LANGS) > bar else math.inf, layer, n)
+        for (layer, n), (e, _) in ent.items()
+    }
+    chosen = sorted(key, key=key.get)[:n_top]
     expected = {(layer, n, lang) for layer, n in chosen for lang in LANGS if prob[lang][layer, n] > bar}
-    got = {tuple(r) for r in con.execute("SELECT layer, neuron, lang FROM language_specific_neurons").fetchall()}
+    got = {tuple(r) for r in con.execute("SELECT layer, neuron, lang FROM lape_neurons(top_rate := 0.2)").fetchall()}
     assert got == expected and (0, 0, "eng") in got
+    # the default view keeps round(0.01 x 15) = 0 neurons of this tiny model, as identify.py would
+    assert con.execute("SELECT count(*) FROM language_specific_neurons").fetchone()[0] == 0
 
 
 def test_correlation_view_matches_scipy(lake, tmp_path):
@@ -224,22 +230,27 @@ def test_correlation_view_matches_scipy(lake, tmp_path):
     shutil.copytree(lake["root"], root)
     csv = tmp_path / "bench.csv"
     values = {"deu": 40.0, "fra": 61.5}
-    rows = "".join(f"xnli,{k},{v}\n" for k, v in values.items()) + "xnli,swh,10\n"  # swh: no score, ignored
+    codes = {"deu": "de", "fra": "fr-FR"}  # benchmark codes meet the lake's on canonical codes
+    rows = "".join(f"xnli,{codes[k]},{v}\n" for k, v in values.items()) + "xnli,swh,10\n"  # swh: no score
     csv.write_text("benchmark,lang,value\n" + rows)
     assert main(["import-benchmarks", str(csv), "--lake", str(root)]) == 0
     con = connect(root)
     summary = con.execute("SELECT method, lang, score_mean FROM alignment_summary").fetchall()
     got = con.execute(
-        "SELECT method, n_languages, pearson, spearman FROM correlation WHERE benchmark = 'xnli'"
+        "SELECT method, n_languages, pearson, spearman, pearson_p, spearman_p, pearson_ci_low, spearman_ci_high"
+        " FROM correlation WHERE benchmark = 'xnli'"
     ).fetchall()
     assert {r[0] for r in got} == {"nas", "hidden"}
-    for method, n, pearson, spearman in got:
+    for method, n, pearson, spearman, pearson_p, spearman_p, low, high in got:
         scores = {lg: sc for m, lg, sc in summary if m == method}
         x = [scores[lg] for lg in values]
         y = list(values.values())
         assert n == 2
         assert pearson == pytest.approx(scipy.stats.pearsonr(x, y).statistic, abs=1e-12, nan_ok=True)
         assert spearman == pytest.approx(scipy.stats.spearmanr(x, y).statistic, abs=1e-12, nan_ok=True)
+        # two languages: scipy's pearsonr gives p = 1, spearmanr no p (NULL here); the interval is (-1, 1)
+        assert pearson_p == (None if math.isnan(pearson) else 1.0) and spearman_p is None
+        assert (low, high) == ((None, None) if math.isnan(pearson) else (-1.0, 1.0))
 
 
 def test_spearman_sql_matches_scipy_with_ties(tmp_path):
@@ -327,6 +338,11 @@ def test_views_bind_on_an_empty_lake(tmp_path):
         "neuron_entropy",
         "language_specific_neurons",
         "alignment_from_states",
+        "correlation_over_training",
+        "benchmark_pairs",
+        "neuron_overlap",
+        "lape_thresholds()",
+        "languages",
     ):
         assert con.execute(f"SELECT count(*) FROM {view}").fetchone()[0] == 0
 
