@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     _lake_arg(imp)
     imp.add_argument("file", help="table with columns benchmark, lang, value (optional model, checkpoint)")
     imp.add_argument("--name", help="name of the stored file (default: the input's stem)")
+
+    rep = sub.add_parser("report", help="write a self-contained HTML report of the lake (needs the report extra)")
+    _lake_arg(rep)
+    rep.add_argument("--model", nargs="+", help="only these models (default: all)")
+    rep.add_argument("--checkpoint", nargs="+", help="only these checkpoints (default: all)")
+    rep.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: report.html)")
+    rep.add_argument("--figures", help="also write every figure as PNG and SVG files into this directory")
+    rep.add_argument("--figure-format", nargs="+", choices=["png", "svg"], default=["png", "svg"])
     return ap
 
 
@@ -250,7 +258,20 @@ def cmd_import_benchmarks(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from neuronxa_ray.report import write_report
+
+    lake = _lake_dir(args)
+    _check_lake(lake)
+    report = write_report(lake, args.output, args.model, args.checkpoint, args.figures, args.figure_format)
+    for line in report.missing:
+        print(f"note: {line}", file=sys.stderr)
+    print(f"{len(report.figures)} figures in {len(report.sections)} sections -> {args.output}", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "sql": cmd_sql, "scores": cmd_scores, "import-benchmarks": cmd_import_benchmarks}
+COMMANDS["report"] = cmd_report
 
 if __name__ == "__main__":
     sys.exit(main())
