@@ -299,6 +299,7 @@ class _Charts:
         alt = self.alt
         search = alt.param(name=f"find_{key}", value="", bind=alt.binding(input="search", name="filter languages: "))
         step = 18 if n_langs <= 8 else 14 if n_langs <= 40 else 9
+        cell = max(4, min(16, (1100 // max(1, len(methods)) - 90) // max(1, n_layers)))  # the row fits ~1200 px
         data = self.data(rows)
         charts = []
         for method in methods:
@@ -312,7 +313,7 @@ class _Charts:
                     x=alt.X("layer:O", title="layer", axis=alt.Axis(labelAngle=0, labelOverlap=True)),
                     y=alt.Y(
                         "lang:N",
-                        title="language (best first)",
+                        title="language (best first)" if method == methods[0] else None,
                         sort=alt.EncodingSortField("score", op="mean", order="descending"),
                         axis=alt.Axis(labelFontSize=10 if n_langs <= 40 else 7),
                     ),
@@ -324,7 +325,7 @@ class _Charts:
                         alt.Tooltip("score_mean:Q", title="mean over layers", format=".3f"),
                     ],
                 )
-                .properties(height=alt.Step(step), width=alt.Step(max(5, min(16, 320 // max(1, n_layers)))))
+                .properties(height=alt.Step(step), width=alt.Step(cell))
             )
         return alt.hconcat(*charts).add_params(search).resolve_scale(color="shared")
 
@@ -1112,7 +1113,9 @@ def render_html(report: Report) -> str:
     return "\n".join(parts)
 
 
-def write_figures(report: Report, directory: str | Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+def write_figures(
+    report: Report, directory: str | Path, formats: Sequence[str] = ("png", "svg"), scale: float = 2.0
+) -> list[Path]:
     """Each figure as static files (<id>-<slug>.png/.svg) for papers and slides, rendered by vl-convert."""
     _, vlc = _require_plotting()
     from neuronxa_ray.lake import slug
@@ -1126,7 +1129,7 @@ def write_figures(report: Report, directory: str | Path, formats: Sequence[str] 
         spec["datasets"] = {**spec.get("datasets", {}), **{n: report.datasets[n] for n in fig.datasets}}
         for fmt in formats:
             if fmt == "png":
-                data = vlc.vegalite_to_png(spec, vl_version=_vl_version(), scale=2)
+                data = vlc.vegalite_to_png(spec, vl_version=_vl_version(), scale=scale)
                 path = stem.with_suffix(".png")
                 path.write_bytes(data)
             elif fmt == "svg":
