@@ -354,7 +354,7 @@ class _Charts:
         alt = self.alt
         pick = self.lang_param(langs, f"curve_{key}")
         if by_step:
-            x = alt.X("step:Q", title="training step")
+            x = alt.X("step:Q", title="training step", axis=alt.Axis(format="~s", labelOverlap=True))
         else:
             x = alt.X("checkpoint:O", title="checkpoint", sort=order, axis=alt.Axis(labelAngle=-45))
         tooltip = [
@@ -968,6 +968,7 @@ def build_report(
     if not root.is_dir():
         raise ValueError(f"lake {str(root)!r} does not exist (run a job first, or pass --lake DIR)")
     con = connect(root)
+    con.execute("SET enable_progress_bar = false")  # DuckDB's bar would print into logs and CI output
     views = _views(con)
     scope = resolve_scope(con, models, checkpoints)
     _cache_alignment(con, scope)
