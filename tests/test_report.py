@@ -195,6 +195,29 @@ def test_correlation_shows_p_values_when_the_view_has_them(synthetic, tmp_path, 
     assert not any("no p-value" in m for s in report.sections for m in s.notes)
 
 
+def test_several_pivots_give_a_language_matrix(synthetic, tmp_path):
+    root, mats = synthetic
+    lake = tmp_path / "lake"
+    shutil.copytree(root, lake)
+    lk = Lake(lake)
+    extra = {m: np.random.default_rng(9).normal(size=(LAYERS, N, N)) + np.eye(N) for m in METHODS}
+    lk.write(
+        "similarity",
+        similarity_table(MODEL, "late", "fra", "deu", extra),
+        lk.language_file("similarity", MODEL, "late", "deu", "fra"),
+    )
+    report = build_report(lake, checkpoints=["late"])
+    rows = _dataset(report, f"Pivot × language: {MODEL} @ late")
+    got = {(r["method"], r["pivot_lang"], r["lang"]): float(r["score_mean"]) for r in rows}
+    assert len(got) == len(METHODS) * 3  # eng->deu, eng->fra, fra->deu
+    for method, label in (("nas", "NASCA"), ("hidden", "MEXA")):
+        want = np.mean([mutual_nn_score(c) for c in extra[method]])
+        assert got[(label, "fra", "deu")] == pytest.approx(want, abs=1e-4)
+        want = np.mean([mutual_nn_score(c) for c in mats[("late", "fra", method)]])
+        assert got[(label, "eng", "fra")] == pytest.approx(want, abs=1e-4)
+    assert any(f.title.startswith("Score per layer") and "pivot fra" in f.title for f in report.figures)
+
+
 def test_views_that_do_not_exist_are_skipped(synthetic, tmp_path, monkeypatch):
     root, _ = synthetic
     sql = tmp_path / "sql"
