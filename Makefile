@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[demo,dev]'
+	$(PY) -m pip install -q -e '.[demo,dev,report]'
 	touch $(STAMP)
 
 install: $(STAMP)

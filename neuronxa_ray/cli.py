@@ -92,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = lake_sub.add_parser("check", help="list broken, stale and orphaned files (exit 1 if any remain)")
     _lake_arg(check)
     check.add_argument("--repair", action="store_true", help="delete them, so a rerun recomputes exactly those")
+
+    rep = sub.add_parser("report", help="write a self-contained HTML report of the lake (needs the report extra)")
+    _lake_arg(rep)
+    rep.add_argument("--model", nargs="+", help="only these models (default: all)")
+    rep.add_argument("--checkpoint", nargs="+", help="only these checkpoints (default: all)")
+    rep.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: report.html)")
+    rep.add_argument("--figures", help="also write every figure as PNG and SVG files into this directory")
+    rep.add_argument("--figure-format", nargs="+", choices=["png", "svg"], default=["png", "svg"])
     return ap
 
 
@@ -352,6 +360,18 @@ def cmd_import_benchmarks(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from neuronxa_ray.report import write_report
+
+    lake = _lake_dir(args)
+    _check_lake(lake)
+    report = write_report(lake, args.output, args.model, args.checkpoint, args.figures, args.figure_format)
+    for line in report.missing:
+        print(f"note: {line}", file=sys.stderr)
+    print(f"{len(report.figures)} figures in {len(report.sections)} sections -> {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_lake(args) -> int:
     """lake check [--repair]: exit 0 when the lake is clean, 1 when problems remain."""
     from neuronxa_ray.lake import Lake
@@ -378,6 +398,7 @@ COMMANDS = {
     "scores": cmd_scores,
     "import-benchmarks": cmd_import_benchmarks,
     "lake": cmd_lake,
+    "report": cmd_report,
 }
 
 if __name__ == "__main__":
