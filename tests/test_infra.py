@@ -481,3 +481,15 @@ def test_launcher_installs_the_local_wheel():
     head = " ".join(cfg["head_start_ray_commands"])
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head, "the head sets up the workers"
     assert "$RAY_HEAD_IP:6379" in " ".join(cfg["worker_start_ray_commands"])
+
+
+def test_readme_queries_bind_to_the_views(tmp_path):
+    """Every `neuronxa-ray sql` query in README's cluster section names views and columns that exist."""
+    from neuronxa_ray.sql import connect
+
+    con = connect(tmp_path)  # an empty lake: every view exists, with no rows
+    queries = [parse_command(c) for c in commands_in(readme_cluster_section())]
+    queries = [a.query for a in queries if a.command == "sql"]
+    assert queries
+    for query in queries:
+        con.sql(query).fetchall()
