@@ -430,6 +430,7 @@ class Scheduler:
             except Exception:
                 self.release_leases()
                 raise
+            self.lakes[pi].tidy(*plan.key, self.run_id)  # what killed runs left behind in this checkpoint
 
     def _renew_leases(self) -> None:
         if time.monotonic() - self._last_renew > LEASE_RENEW_S:
@@ -706,9 +707,11 @@ def _init_ray(address: str | None):
     import ray
 
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
+        # RAY_ADDRESS (or an address given) joins a cluster; otherwise a Ray of our own, even where another one
+        # runs on this machine (ray.init() would silently join a `ray start` cluster found there).
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
         kwargs: dict[str, Any] = {}
-        if not address:
+        if address == "local":
             # A local Ray we start ourselves: the actors do the work, so they should not run at a lower priority
             # (Ray's default worker niceness is 15) than Ray's own housekeeping processes on a busy machine.
             kwargs["_system_config"] = {"worker_niceness": 0}
@@ -721,6 +724,23 @@ def _init_ray(address: str | None):
             **kwargs,
         )
     return ray
+
+
+def _check_local_devices(jobs: list[JobConfig], options: RunOptions) -> None:
+    """A CUDA device asked for on a machine without one fails before Ray starts (a cluster is checked on joining)."""
+    import ray
+
+    if options.ray_address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        return
+    wanted = [job for job in jobs if job.device.startswith("cuda")]
+    if wanted:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise NeuronxaError(
+                f"{wanted[0].source}: device {wanted[0].device!r} asked for, but this machine has no CUDA GPU "
+                "(set device: cpu or auto, or RAY_ADDRESS to a cluster with GPUs)"
+            )
 
 
 def _pool_shape(ray, job: JobConfig) -> tuple[int, dict[str, float], int]:
@@ -788,6 +808,7 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
     t_start = time.perf_counter()
     started = _now()
     run_id = f"{started.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
+    _check_local_devices(jobs, options)
     for job in jobs:
         Lake(job.lake).check_writable()
     all_plans = plan_jobs(jobs, options.force, options.recompute)

@@ -566,7 +566,8 @@ class Lake:
             head = e.path.split("/", 1)[0]
             base = posixpath.basename(e.path)
             if (base.startswith(".") and base.endswith(".tmp")) or head == "_probe":
-                problems.append(Problem("temporary", e.path, "left by an interrupted write", (e.path,)))
+                if "_leases/" + "/".join(e.path.split("/")[1:3]) not in live:  # else a live run is writing it
+                    problems.append(Problem("temporary", e.path, "left by an interrupted write", (e.path,)))
             elif head in TABLES_WITH_MARKERS and _is_parquet(e.path) and e.path not in named:
                 key = "_leases/" + "/".join(e.path.split("/")[1:3])
                 if key not in live:
@@ -584,7 +585,7 @@ class Lake:
             except (OSError, ValueError, KeyError, TypeError):
                 problems.append(Problem("stale-lease", e.path, "unreadable lease", (e.path,)))
                 continue
-            if age > float(record.get("timeout_s", LEASE_TIMEOUT_S)):
+            if not lease_alive(record, age, LEASE_TIMEOUT_S):
                 detail = f"run {record.get('run_id')} on {record.get('host')}: no heartbeat for {age:.0f}s"
                 problems.append(Problem("stale-lease", e.path, detail, (e.path,)))
             else:
@@ -621,6 +622,42 @@ class Lake:
                 if ok:
                     out[table].append(ok)
         return {t: sorted(v) for t, v in out.items()}
+
+    def tidy(self, model: str, checkpoint: str, run_id: str) -> list[str]:
+        """Delete what dead runs left in one checkpoint (temporary files, stale leases) when no other live run
+        writes it; called by a run that holds its lease. Returns the deleted paths."""
+        leases = [e for e in self.storage.list(self._lease_dir(model, checkpoint)) if e.path.endswith(".json")]
+        others, dead = [], []
+        for e in leases:
+            try:
+                record = json.loads(self.storage.read_bytes(e.path))
+                alive = lease_alive(record, time.time() - float(record["heartbeat"]), LEASE_TIMEOUT_S)
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, TypeError):
+                alive, record = False, {}
+            if record.get("run_id") == run_id:
+                continue
+            (others if alive else dead).append(e.path)
+        if others:
+            return []
+        deleted = []
+        for table in TABLES_WITH_MARKERS:
+            for e in self.storage.list(self._partition(table, model, checkpoint)):
+                base = posixpath.basename(e.path)
+                if base.startswith(".") and base.endswith(".tmp"):
+                    deleted.append(e.path)
+        for rel in deleted + dead:
+            self.storage.delete(rel)
+        if deleted or dead:
+            log.info(
+                "lake %s: removed %d file(s) left by interrupted runs of %s @ %s",
+                self.uri,
+                len(deleted + dead),
+                model,
+                checkpoint,
+            )
+        return deleted + dead
 
     def check(self, repair: bool = False) -> list[Problem]:
         """What is broken, stale or orphaned; with repair, delete it (a rerun recomputes exactly those)."""
@@ -662,9 +699,10 @@ class Lake:
                 log.warning("lake %s: removing unreadable lease %s", self.uri, e.path)
                 self.storage.delete(e.path)
                 continue
-            if age > float(other.get("timeout_s", timeout_s)):
+            if not lease_alive(other, age, timeout_s):
                 log.warning(
-                    "lake %s: taking over the stale lease of run %s on %s (no heartbeat for %.0fs)",
+                    "lake %s: taking over the stale lease of run %s on %s (its process is gone, or no heartbeat "
+                    "for %.0fs)",
                     self.uri,
                     other.get("run_id"),
                     other.get("host"),
@@ -681,6 +719,21 @@ class Lake:
                     "or write another lake"
                 )
         return lease
+
+
+def lease_alive(record: dict, age: float, timeout_s: float) -> bool:
+    """A lease is live while its heartbeat is fresh and, on this host, its process still exists (a run killed with
+    SIGKILL leaves a fresh heartbeat behind; on another host only the heartbeat's age can tell)."""
+    if age > float(record.get("timeout_s", timeout_s)):
+        return False
+    if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
+        try:
+            os.kill(record["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's live process
+            return True
+    return True
 
 
 def _is_parquet(path: str) -> bool:

@@ -16,7 +16,13 @@ def ray_session():
     """One local Ray for the whole session (2 CPUs, a small object store), shut down at the end."""
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=200 * 1024 * 1024, include_dashboard=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=200 * 1024 * 1024,
+        include_dashboard=False,
+        configure_logging=False,
+    )
     yield ray
     ray.shutdown()
 

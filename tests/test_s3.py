@@ -71,9 +71,9 @@ def test_job_on_s3_matches_local_and_resumes(ray_session, s3_env, tiny, tmp_path
 
     assert run_job(job_from_dict({**tiny, "lake": uri}), progress=False) == []  # rerun: nothing to do
 
-    # a run killed mid-way: one language's similarity file truncated, another's marker never written
+    # a run killed mid-way: one language's matches file truncated, another's marker never written
     lake, fs = Lake(uri), s3_env["fs"]
-    sim = lake.storage.path(lake.language_file("similarity", "tiny-llama", "main", "fra", "eng"))
+    sim = lake.storage.path(lake.language_file("matches", "tiny-llama", "main", "fra", "eng"))
     with fs.open_input_stream(sim) as f:
         data = f.read()
     with fs.open_output_stream(sim) as f:
