@@ -41,6 +41,7 @@ class WatchState:
     snapshots: dict[str, tuple | None] = dataclasses.field(default_factory=dict)
     settled_since: dict[str, float] = dataclasses.field(default_factory=dict)
     evaluated: set[str] = dataclasses.field(default_factory=set)
+    failed: dict[str, tuple | None] = dataclasses.field(default_factory=dict)  # retried once its files change
 
 
 def ready_checkpoints(job: JobConfig, state: WatchState, settle_s: float, now: float | None = None) -> list[Checkpoint]:
@@ -51,7 +52,7 @@ def ready_checkpoints(job: JobConfig, state: WatchState, settle_s: float, now: f
         if checkpoint.name in state.evaluated:
             continue
         snap = snapshot(checkpoint.model) if Path(checkpoint.model).exists() else ("hub", checkpoint.model)
-        if snap is None:
+        if snap is None or state.failed.get(checkpoint.name) == snap:
             continue
         if snap != state.snapshots.get(checkpoint.name):
             state.snapshots[checkpoint.name] = snap
@@ -80,14 +81,19 @@ def watch(
         ready = ready_checkpoints(job, state, settle_s)
         if ready:
             log.info("new checkpoint(s): %s", ", ".join(c.name for c in ready))
-            sub = dataclasses.replace(job, checkpoints=ready)
-            try:
-                run(sub)
-            except NeuronxaError as e:  # e.g. a directory that never got its weights: say so, keep watching
-                log.error("%s", e)
-            state.evaluated.update(c.name for c in ready)
-            done_steps += [c.step for c in ready if c.step is not None]
-            report(job, ready)
+            evaluated = []
+            for checkpoint in ready:
+                try:
+                    run(dataclasses.replace(job, checkpoints=[checkpoint]))
+                except NeuronxaError as e:  # e.g. no weights yet: say so, retry when its files change
+                    log.error("%s: %s (retried when its files change)", checkpoint.name, e)
+                    state.failed[checkpoint.name] = state.snapshots[checkpoint.name]
+                    continue
+                evaluated.append(checkpoint)
+            state.evaluated.update(c.name for c in evaluated)
+            done_steps += [c.step for c in evaluated if c.step is not None]
+            if evaluated:
+                report(job, evaluated)
         if until_step is not None and any(step >= until_step for step in done_steps):
             break
         stop.wait(interval_s)
