@@ -166,7 +166,7 @@ def _with_labels(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def resolve_scope(con, models: Sequence[str] | None, checkpoints: Sequence[str] | None) -> Scope:
     """Models and checkpoints with scores in the lake, filtered; ValueError names an unknown one."""
     rows = con.execute(
-        """WITH scored AS (SELECT DISTINCT model, checkpoint FROM similarity),
+        """WITH scored AS (SELECT DISTINCT model, checkpoint FROM matches),
                 steps AS (SELECT model, checkpoint, max(step) AS step FROM runs GROUP BY ALL)
            SELECT s.model, s.checkpoint, t.step FROM scored AS s LEFT JOIN steps AS t USING (model, checkpoint)
            ORDER BY s.model, t.step NULLS LAST, s.checkpoint"""
@@ -598,7 +598,7 @@ def _layers_section(con, charts: _Charts, scope: Scope) -> list[Section]:
             f"checkpoint only; {len(skipped)} others appear in the training curves (name them with --checkpoint)."
         )
     if not sec.figures:
-        sec.notes.append("No per-layer scores: the lake has no cosine matrices (run a job first).")
+        sec.notes.append("No per-layer scores: the lake has no per-sentence matches (run a job first).")
         heat.notes.append("No scores to draw.")
     return [sec, heat]
 
@@ -979,7 +979,7 @@ def build_report(
     charts = _Charts(alt)
     missing: list[str] = []
     if not scope.models:
-        missing.append("No alignment scores: the lake has no cosine matrices (`similarity`); run a job first.")
+        missing.append("No alignment scores: the lake has no per-sentence matches (`matches`); run a job first.")
 
     steps: list[tuple[str, Callable[[], Any], tuple[str, ...]]] = [
         ("layers", lambda: _layers_section(con, charts, scope), ("alignment", "alignment_summary")),
@@ -1012,7 +1012,7 @@ def build_report(
     return Report(str(root), created, sections, missing, charts.datasets)
 
 
-RAW_VIEWS = ("runs", "benchmarks", "similarity", "sentence_states", "neuron_counts")
+RAW_VIEWS = ("runs", "benchmarks", "matches", "similarity", "sentence_states", "neuron_counts", "attempts")
 
 CSS = """
 :root { --fg: #222; --muted: #666; --line: #ddd; }

@@ -6,7 +6,7 @@ from reference import cosine_matrix, mutual_nn_score, reference_states, retrieva
 from tiny_models import TEXTS, save_tiny
 
 from neuronxa_ray.config import job_from_dict
-from neuronxa_ray.execution import run_job
+from neuronxa_ray.execution import RunOptions, run_job, run_jobs
 from neuronxa_ray.lake import Lake
 from neuronxa_ray.models import ModelSpec, load_model
 from neuronxa_ray.sql import connect
@@ -168,3 +168,38 @@ def test_background_write_errors_surface_with_the_language(tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="writing language 'eng' to the lake failed: disk full"):
         worker.flush()
     assert not Lake(tmp_path / "lake").is_done("tiny", "main", "eng", "eng", "fp")
+
+
+def test_every_language_pair_from_one_forward_pass_each(ray_session, tiny_job, tmp_path):
+    """pivots: all: each language runs once; the pair matrix covers every (pivot, language) and its eng row is
+    exactly the single-pivot run's scores."""
+    _, raw = tiny_job
+    single = job_from_dict({**raw, "lake": str(tmp_path / "single")})
+    pairs = job_from_dict({**raw, "lake": str(tmp_path / "pairs"), "pivots": "all"})
+    assert len(run_job(single, progress=False)) == 1
+    report = run_jobs([pairs], RunOptions(progress=False))
+    assert report.ok and report.n_units == 3  # one forward pass per language
+    con = connect(tmp_path / "pairs")
+    got = con.execute("SELECT DISTINCT pivot_lang, lang FROM alignment_matrix ORDER BY ALL").fetchall()
+    assert got == [(p, lang) for p in ("deu", "eng", "fra") for lang in ("deu", "eng", "fra") if p != lang]
+    q = "SELECT method, lang, score_mean FROM {} WHERE pivot_lang = 'eng' ORDER BY ALL"
+    assert (
+        con.execute(q.format("alignment_matrix")).fetchall()
+        == connect(tmp_path / "single").execute(q.format("alignment_summary")).fetchall()
+    )
+    assert run_jobs([pairs], RunOptions(progress=False)).n_units == 0  # nothing left, no pair redone
+    assert Lake(tmp_path / "pairs").check() == []
+
+
+def test_a_causal_lm_checkpoint_loads_without_a_weights_report(tmp_path, capfd):
+    import transformers
+    from tiny_models import CONFIGS, make_tokenizer
+
+    config = CONFIGS["llama"]()
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "clm")
+    make_tokenizer().save_pretrained(tmp_path / "clm")
+    capfd.readouterr()
+    lm = load_model(ModelSpec(model=str(tmp_path / "clm")))
+    captured = capfd.readouterr()
+    assert len(lm.blocks) == 2
+    assert "lm_head" not in captured.err + captured.out

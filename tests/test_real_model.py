@@ -35,7 +35,7 @@ def demo(ray_session, tmp_path_factory):
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["run", str(JOB), "--lake", str(lake), "--languages", *LANGS, "--no-progress"]) == 0
+        assert main(["run", str(JOB), "--lake", str(lake), "--languages", ",".join(LANGS), "--no-progress"]) == 0
     return lake, out.getvalue()
 
 
