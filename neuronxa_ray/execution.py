@@ -328,6 +328,7 @@ class Scheduler:
         if slot.key is not None and self.pending[slot.key] and slot.inflight:
             return None  # its checkpoint still has work (waiting for the pivot it computes): stay with it
         fresh = [pi for pi in self.pending if self._fresh(pi) and self.reserved.get(pi, slot.id) == slot.id]
+        fresh.sort(key=lambda pi: self.reserved.get(pi) != slot.id)  # the one it prefetched first
         if fresh:
             return ("unit", fresh[0])
         helpable = [pi for pi in self.pending if self._ready(pi) and pi != slot.key]
@@ -341,9 +342,10 @@ class Scheduler:
             return ("warm", max(waiting, key=lambda pi: len(self.pending[pi])))
         return None
 
-    def _prefetch_hint(self, slot: _Slot, pi: int) -> tuple | None:
-        """When this unit is its checkpoint's last, reserve the next fresh checkpoint for this actor to prefetch."""
-        if self.pending[pi]:
+    def _prefetch_hint(self, slot: _Slot, pi: int, is_pivot: bool) -> tuple | None:
+        """Once its checkpoint's pivot is done, reserve the next fresh checkpoint for this actor, whose weights then
+        load into host memory behind the checkpoint's remaining languages (one reservation per actor)."""
+        if is_pivot or slot.id in self.reserved.values():
             return None
         for qi in self.pending:
             if self._fresh(qi) and qi not in self.reserved:
@@ -408,7 +410,7 @@ class Scheduler:
                     self._settings(pi),
                     self._task(unit),
                     [] if is_pivot else self._pivot_refs(pi),
-                    self._prefetch_hint(slot, pi),
+                    self._prefetch_hint(slot, pi, is_pivot),
                 )
                 if is_pivot:
                     self.states_refs[pi] = refs[1]

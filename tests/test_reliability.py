@@ -109,7 +109,8 @@ def test_model_and_lake_problems_fail_fast_in_one_line(tmp_path, model_dir, data
         config = json.loads((path / "config.json").read_text())
         (path / "config.json").write_text(json.dumps({**config, **edit}))
         cases.append((_job(tmp_path, path, data_dir, file=f"case-{name}.yaml"), message))
-    cases.append((_job(tmp_path, model_dir, data_dir, file="case-6.yaml", device="cuda"), "device 'cuda' asked for, but"))
+    cuda = _job(tmp_path, model_dir, data_dir, file="case-6.yaml", device="cuda")
+    cases.append((cuda, "device 'cuda' asked for, but"))
     lake_file = tmp_path / "lake-file"
     lake_file.write_text("x")
     cases.append((_job(tmp_path, model_dir, data_dir, file="case-7.yaml", lake=str(lake_file)), "is a file"))
