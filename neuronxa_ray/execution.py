@@ -187,17 +187,26 @@ class ActorPool:
         self.slots.append(slot)
         return slot, slot.handle.ready.remote()
 
-    def start(self) -> None:
-        refs = {}
+    def launch(self) -> None:
+        """Ask for the actors without waiting: calls queued on them run once each is placed and started."""
+        self._starting = {}
         for _ in range(self.size):
             slot, ref = self._new()
-            refs[ref] = slot
+            self._starting[ref] = slot
+
+    def wait_placed(self) -> None:
+        """Wait up to the time limit for every actor; an error naming what was asked and what the cluster has."""
+        refs = self._starting
         ready, waiting = self.ray.wait(list(refs), num_returns=len(refs), timeout=self.timeout_s)
         if waiting:
             self.shutdown()
             raise NeuronxaError(self.describe_shortfall(len(ready)))
         for ref in ready:
             refs[ref].node = self.ray.get(ref)["node"]
+
+    def start(self) -> None:
+        self.launch()
+        self.wait_placed()
 
     def replace(self, dead: _Slot) -> None:
         slot, ref = self._new()
@@ -416,6 +425,15 @@ class Scheduler:
                     self.states_refs[pi] = refs[1]
                 slot.inflight.append((refs[0], "unit", unit))
                 self._switch(slot, pi)
+
+    def prewarm(self) -> None:
+        """Queue the first checkpoints' model loads on the actors as they start, so the weights load while the
+        driver loads the tokenizer and tokenizes (start-up overlapped rather than in sequence)."""
+        fresh = [pi for pi in self.pending if self._fresh(pi)]
+        for slot, pi in zip(self.pool.slots, fresh):
+            slot.inflight.append((slot.handle.warm.remote(pi, self._spec(pi), self._settings(pi)), "warm", None))
+            self.started.add(pi)
+            self._switch(slot, pi)
 
     def _switch(self, slot: _Slot, pi: int) -> None:
         if slot.key != pi:
@@ -844,9 +862,11 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
     scheduler = Scheduler(ray, pool, plans, {}, run_id, options.progress)
     scheduler.acquire_leases()
     try:
-        pool.start()
-        startup_s = time.perf_counter() - t_start
+        pool.launch()
+        scheduler.prewarm()
         scheduler.tokens = _tokenize_all(plans, first_tokenizer)
+        pool.wait_placed()
+        startup_s = time.perf_counter() - t_start
         log.info("%d actor(s) placed in %.1fs; %d unit(s) to run", size, startup_s, sum(len(p.todo) for p in plans))
         scheduler.run()
         loads = sum(s.loads for s in pool.slots)
