@@ -176,6 +176,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_watch(args) -> int:
+    from neuronxa_ray.errors import NeuronxaError
     from neuronxa_ray.execution import RunOptions, run_jobs
     from neuronxa_ray.watch import watch
 
@@ -206,6 +207,8 @@ def cmd_watch(args) -> int:
         result = run_jobs([sub], options)
         for failed in result.failed:
             print(f"failed: {failed.checkpoint} {failed.lang}: {failed.error}", file=sys.stderr)
+        if result.failed:  # watch retries the checkpoint once its files change
+            raise NeuronxaError(f"{len(result.failed)} unit(s) of {sub.checkpoints[0].name} failed")
 
     n = watch(job, run, report, args.interval, args.settle, args.until_step)
     print(f"watched {n} checkpoint(s)", file=sys.stderr)

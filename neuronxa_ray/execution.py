@@ -99,6 +99,12 @@ class _Actor:
         self.prefetched: dict[int, Future] = {}
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self.loads = 0
+        self.outbox: list[WriteOutcome] = []  # finished writes not yet reported (survives a call that raises)
+        self._write_base = 0.0  # the worker's write seconds already reported
+
+    def _take(self) -> list[WriteOutcome]:
+        out, self.outbox = self.outbox, []
+        return out
 
     def ready(self) -> dict:
         import ray
@@ -107,14 +113,13 @@ class _Actor:
         return {"node": f"{socket.gethostname()}/{node[:8]}", "pid": os.getpid()}
 
     def warm(self, key: int, spec, settings: WorkerSettings) -> list[WriteOutcome]:
-        """Load the checkpoint `key` (if it is not the loaded one); return the writes this confirmed."""
+        """Load the checkpoint `key` (if it is not the loaded one); return the writes confirmed so far."""
         if key == self.key:
-            return []
-        confirmed = []
+            return self._take()
         if self.worker is not None:
-            confirmed = self.worker.collect()
+            self.outbox += self.worker.collect()
             self.worker.close()
-            self.worker = None
+        self.worker, self.key, self._write_base = None, None, 0.0
         future = self.prefetched.pop(key, None)
         self.prefetched.clear()  # a prefetch of another checkpoint is stale now
         prefetched = None
@@ -126,7 +131,7 @@ class _Actor:
         self.worker = self.factory(spec, settings, with_tokenizer=False, prefetched=prefetched)
         self.key = key
         self.loads += 1
-        return confirmed
+        return self._take()
 
     def process(self, key: int, spec, settings, task: LanguageTask, pivot_refs: list, prefetch: tuple | None):
         import ray
@@ -136,7 +141,8 @@ class _Actor:
             self._prefetch(*prefetch)
         pivot = ray.get(pivot_refs[0]) if pivot_refs else None
         result, states = self.worker.process(task, pivot)
-        result.confirmed = confirmed + result.confirmed
+        result.confirmed = confirmed + self._take() + result.confirmed
+        result.write_s, self._write_base = self.worker.write_s - self._write_base, self.worker.write_s
         return result, states
 
     def _prefetch(self, key: int, spec, settings) -> None:
@@ -145,10 +151,7 @@ class _Actor:
         self.prefetched[key] = self._loader.submit(self.factory.prefetch, spec, settings)
 
     def flush(self) -> list[WriteOutcome]:
-        return self.worker.collect() if self.worker is not None else []
-
-    def load_count(self) -> int:
-        return self.loads
+        return self._take() + (self.worker.collect() if self.worker is not None else [])
 
 
 # ---------------------------------------------------------------------------------------------------- the pool
@@ -301,7 +304,6 @@ class Scheduler:
         self.started: set[int] = set()  # plans with a unit submitted
         self.reserved: dict[int, int] = {}  # fresh plan -> the slot that will take it next (prefetching it)
         self.pivot_ref: dict[int, Any] = {}
-        self.pivot_failed: dict[int, str] = {}
         self.states_refs: dict[int, Any] = {}
         by_root: dict[str, Lake] = {}
         self.lakes = {i: by_root.setdefault(p.job.lake, Lake(p.job.lake)) for i, p in enumerate(plans)}
@@ -373,10 +375,17 @@ class Scheduler:
             self.lakes[pi], job.batch_size, plan.max_length, job.state_dtype, job.store_states, job.store_similarity
         )
 
-    def _pivot_refs(self, pi: int) -> list:
+    def _pivot_refs(self, pi: int) -> list | None:
+        """The pivot's states for the checkpoint's other languages; None (its units failed) when unreadable."""
         if self.pivot_ref.get(pi) is None:  # complete in the lake: read once, shared by every actor
             plan = self.plans[pi]
-            states = self.lakes[pi].read_states(plan.job.model_name, plan.checkpoint.name, plan.pivot)
+            try:
+                states = self.lakes[pi].read_states(plan.job.model_name, plan.checkpoint.name, plan.pivot)
+            except Exception as e:
+                message = f"the pivot's stored states could not be read: {_first_line(e)}"
+                while self.pending[pi]:
+                    self._fail(self.pending[pi].popleft(), message)
+                return None
             self.pivot_ref[pi] = self.ray.put(states)
         return [self.pivot_ref[pi]]
 
@@ -407,18 +416,21 @@ class Scheduler:
                     slot.inflight.append((ref, "warm", None))
                     self._switch(slot, pi)
                     break
+                is_pivot = self.pending[pi][0].lang == self.plans[pi].pivot
+                pivot_refs = [] if is_pivot else self._pivot_refs(pi)
+                if pivot_refs is None:
+                    continue
                 unit = self.pending[pi].popleft()
                 self.started.add(pi)
                 self.reserved.pop(pi, None)
                 unit.attempts += 1
                 unit.status, unit.started, unit.node = "running", _now(), slot.node
-                is_pivot = unit.lang == self.plans[pi].pivot
                 refs = slot.handle.process.options(num_returns=2).remote(
                     pi,
                     self._spec(pi),
                     self._settings(pi),
                     self._task(unit),
-                    [] if is_pivot else self._pivot_refs(pi),
+                    pivot_refs,
                     self._prefetch_hint(slot, pi, is_pivot),
                 )
                 if is_pivot:
@@ -447,16 +459,19 @@ class Scheduler:
         for pi, plan in enumerate(self.plans):
             try:
                 self.leases.append(self.lakes[pi].acquire(*plan.key, plan.fingerprint, self.run_id))
+                self.lakes[pi].tidy(*plan.key, self.run_id)  # what killed runs left behind in this checkpoint
             except Exception:
                 self.release_leases()
                 raise
-            self.lakes[pi].tidy(*plan.key, self.run_id)  # what killed runs left behind in this checkpoint
 
     def _renew_leases(self) -> None:
         if time.monotonic() - self._last_renew > LEASE_RENEW_S:
             self._last_renew = time.monotonic()
             for lease in self.leases:
-                lease.renew()
+                try:
+                    lease.renew()
+                except Exception as e:  # a lease stays valid for 15 minutes: the next heartbeat may get through
+                    log.warning("could not renew the lease %s: %s", lease.path, str(e).splitlines()[0])
 
     def release_leases(self) -> None:
         for lease in self.leases:
@@ -539,7 +554,10 @@ class Scheduler:
             slot.unconfirmed.append(unit)
             if unit.lang == self.plans[unit.plan].pivot:
                 try:  # re-own the pivot's states in the driver: they outlive the node that computed them
-                    self.pivot_ref[unit.plan] = self.ray.put(self.ray.get(self.states_refs.pop(unit.plan)))
+                    states = self.ray.get(self.states_refs.pop(unit.plan))
+                    if self.plans[unit.plan].job.state_dtype == "float16":  # as later runs will read them back
+                        states = {m: a.astype("float16").astype("float32") for m, a in states.items()}
+                    self.pivot_ref[unit.plan] = self.ray.put(states)
                 except Exception as e:
                     slot.unconfirmed.remove(unit)
                     self._actor_lost(slot, f"pivot states lost: {_first_line(e)}", also=[unit])
@@ -562,6 +580,10 @@ class Scheduler:
             )
         else:
             self._confirm(slot, value)
+            if kind == "flush":  # anything still unconfirmed after a flush was never written: check the lake
+                unconfirmed, slot.unconfirmed = slot.unconfirmed, []
+                for unit in unconfirmed:
+                    self._in_lake_or_retry(unit, "its write was never confirmed")
 
     def _confirm(self, slot: _Slot, outcomes: list[WriteOutcome]) -> None:
         for outcome in outcomes:
@@ -591,12 +613,16 @@ class Scheduler:
         """The unit's own error (bad data, a model error): it fails alone, and a failed pivot fails its checkpoint."""
         self._attempt_row(unit, "failed", message)
         self._fail(unit, message, record=False)
+        self._fail_waiting_on_pivot(unit)
+
+    def _fail_waiting_on_pivot(self, unit: _Unit) -> None:
+        """A pivot that failed for good takes its checkpoint's waiting languages with it."""
         plan = self.plans[unit.plan]
-        if unit.lang == plan.pivot:
-            self.pivot_failed[unit.plan] = message
-            while self.pending[unit.plan]:
-                other = self.pending[unit.plan].popleft()
-                self._fail(other, f"the pivot {plan.pivot!r} failed: {message}")
+        if unit.lang != plan.pivot or unit.plan in self.pivot_ref:
+            return
+        while self.pending[unit.plan]:
+            other = self.pending[unit.plan].popleft()
+            self._fail(other, f"the pivot {plan.pivot!r} failed: {unit.error}")
 
     def _actor_lost(self, slot: _Slot, reason: str, also: list[_Unit] = ()) -> None:
         """Requeue every unit the actor held (running, queued, or computed but not confirmed written)."""
@@ -606,11 +632,7 @@ class Scheduler:
         lost = [*also, *(u for _, kind, u in slot.inflight if kind == "unit"), *slot.unconfirmed]
         slot.inflight, slot.unconfirmed = [], []
         for unit in lost:
-            plan = self.plans[unit.plan]
-            if self.lakes[unit.plan].is_done(*plan.key, plan.pivot, unit.lang, plan.lang_fingerprints[unit.lang]):
-                self._done(unit)  # its files and marker made it to the lake before the actor died
-                continue
-            self._retry_or_fail(unit, f"actor lost: {reason}", "lost")
+            self._in_lake_or_retry(unit, f"actor lost: {reason}")
         for pi, key_slot in list(self.reserved.items()):
             if key_slot == slot.id:
                 del self.reserved[pi]
@@ -620,11 +642,20 @@ class Scheduler:
             self.pool.replace(slot)
         self._release_finished_plans()
 
+    def _in_lake_or_retry(self, unit: _Unit, message: str) -> None:
+        """A unit whose fate is unknown: done if its files and marker made it to the lake, else tried again."""
+        plan = self.plans[unit.plan]
+        if self.lakes[unit.plan].is_done(*plan.key, plan.pivot, unit.lang, plan.lang_fingerprints[unit.lang]):
+            self._done(unit)
+        else:
+            self._retry_or_fail(unit, message, "lost")
+
     def _retry_or_fail(self, unit: _Unit, message: str, status: str) -> None:
         self._attempt_row(unit, status, message)
         max_attempts = self.plans[unit.plan].job.max_attempts
         if unit.attempts >= max_attempts:
             self._fail(unit, f"{message} ({unit.attempts} attempts)", record=False)
+            self._fail_waiting_on_pivot(unit)
             return
         log.warning("%s %s: %s; retrying", self.plans[unit.plan].label, unit.lang, message)
         unit.status = "pending"
@@ -853,8 +884,12 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
     loader.shutdown(wait=False)
     ray = _init_ray(options.ray_address)
     size, ray_options, threads = _pool_shape(ray, plans[0].job)
-    for plan in plans[1:]:
-        _pool_shape(ray, plan.job)  # every job's device must exist in the cluster
+    for plan in plans[1:]:  # one pool serves every job: their actors must be alike
+        if _pool_shape(ray, plan.job)[1:] != (ray_options, threads):
+            raise NeuronxaError(
+                f"{plan.job.source} needs other actors than {plans[0].job.source} (device, gpus_per_actor or "
+                "num_actors differ): run them separately"
+            )
     size = min(size, sum(len(p.todo) for p in plans))
     pool = ActorPool(
         ray, size, ray_options, threads, options.worker_factory, min(p.job.placement_timeout_s for p in plans)

@@ -536,6 +536,8 @@ class Lake:
                     for r in record["sources"]
                     if r in ok and ok[r].get("checkpoint_fingerprint") != record.get("checkpoint_fingerprint")
                 ]
+                if not gone and record.get("fingerprint") != "+".join(ok[r]["fingerprint"] for r in record["sources"]):
+                    other = list(record["sources"])  # a source language was recomputed since the pair was
                 if gone or other:
                     detail = f"its source languages changed or are gone ({', '.join(gone + other)})"
                     excluded.append(f"{what}: {detail}")
@@ -554,6 +556,14 @@ class Lake:
                 detail = (
                     f"computed with other settings or weights than its pivot (checkpoint_fingerprint "
                     f"{record.get('checkpoint_fingerprint')!r} vs {pivot.get('checkpoint_fingerprint')!r})"
+                )
+                excluded.append(f"{what}: {detail}")
+                problems.append(Problem("stale", rel, detail, (rel,)))
+                continue
+            if pivot.get("precision") and record.get("precision") and pivot["precision"] != record["precision"]:
+                detail = (
+                    f"computed as {record['precision']}, its pivot as {pivot['precision']} (dtype or device 'auto' "
+                    "resolved on other hardware): rerun with --force, or set dtype and device"
                 )
                 excluded.append(f"{what}: {detail}")
                 problems.append(Problem("stale", rel, detail, (rel,)))

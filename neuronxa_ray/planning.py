@@ -94,13 +94,13 @@ def required_tables(job: JobConfig, lang: str) -> set[str]:
     return tables
 
 
-def _done(lake: Lake, job: JobConfig, name: str, lang: str, fingerprint: str) -> bool:
+def _done(lake: Lake, job: JobConfig, name: str, lang: str, fingerprint: str, pivot: dict | None) -> bool:
+    """Complete, current, holding what the job asks for, and computed at its pivot's precision."""
     record = lake.completion(job.model_name, name, job.pivot, lang)
-    return (
-        record is not None
-        and record.get("fingerprint") == fingerprint
-        and required_tables(job, lang) <= _tables(record)
-    )
+    if record is None or record.get("fingerprint") != fingerprint or not required_tables(job, lang) <= _tables(record):
+        return False
+    precision, pivot_precision = record.get("precision"), (pivot or {}).get("precision")
+    return not (precision and pivot_precision and precision != pivot_precision)
 
 
 def plan_checkpoint(
@@ -128,7 +128,12 @@ def plan_checkpoint(
     if force:
         todo = list(languages)
     else:
-        todo = [lang for lang in languages if lang in recompute or not _done(lake, job, name, lang, lang_fps[lang])]
+        pivot_record = lake.completion(model, name, job.pivot, job.pivot)
+        todo = [
+            lang
+            for lang in languages
+            if lang in recompute or not _done(lake, job, name, lang, lang_fps[lang], pivot_record)
+        ]
     # The other languages need the pivot's states: from the lake when they were stored, else computed again.
     pivot_tables = _tables(lake.completion(model, name, job.pivot, job.pivot))
     if todo and job.pivot not in todo and "sentence_states" not in pivot_tables:

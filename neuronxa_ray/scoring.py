@@ -142,10 +142,15 @@ def compute_pairs(
         )
     fingerprint = sources[base].get("checkpoint_fingerprint", "")
 
+    def pair_fingerprint(p: str, lang: str) -> str:
+        return "+".join(sources[x]["fingerprint"] for x in (p, lang))
+
     def current(p: str, lang: str) -> bool:
         record = sources[lang] if p == base else lake.completion(model, checkpoint, p, lang)
         if record is None or record.get("checkpoint_fingerprint") != fingerprint:
             return False
+        if p != base and record.get("fingerprint") != pair_fingerprint(p, lang):
+            return False  # a source language was recomputed (other text) since this pair was
         return any(f.get("table") == "matches" for f in record.get("files", []))
 
     todo = {p: [lang for lang in languages if lang != p and not current(p, lang)] for p in pivot_langs}
@@ -178,8 +183,7 @@ def compute_pairs(
                         "n_sentences": len(table["sentence"]) // max(1, len(stats)),
                         "sources": [lake.done_marker(model, checkpoint, base, x) for x in (p, lang)],
                     }
-                    pair_fp = "+".join(sources[x]["fingerprint"] for x in (p, lang))
-                    lake.mark_done(model, checkpoint, p, lang, pair_fp, info, [written])
+                    lake.mark_done(model, checkpoint, p, lang, pair_fingerprint(p, lang), info, [written])
                 rows += len(table["sentence"])
             log.info("pivot %s: matches for %d languages", p, len(langs))
     return rows

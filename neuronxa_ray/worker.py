@@ -228,5 +228,7 @@ class LanguageWorker:
             "n_sentences": len(task.texts),
             "checkpoint_fingerprint": task.checkpoint_fingerprint,
             "run_id": task.run_id,
+            # dtype/device "auto" resolve where the actor runs: a language must match its pivot's precision
+            "precision": f"{self.lm.device.type}/{str(self.lm.dtype).removeprefix('torch.')}",
         }
         lake.mark_done(*key, task.pivot, task.lang, task.fingerprint, info, files=written)

@@ -354,3 +354,26 @@ def test_matches_round_trip_with_nulls(tmp_path):
         assert row["row_hit"] == stats["row_hit"][layer, i] and row["column_hit"] == stats["column_hit"][layer, i]
     with pytest.raises(ValueError, match="per pivot and language"):
         lake.language_file("matches", "m", "c", "fra")
+
+
+def test_a_language_at_another_precision_than_its_pivot_is_left_out(tmp_path, caplog):
+    """dtype/device auto resolve where the actor runs: bfloat16 on a GPU, float32 on a CPU. A language computed at
+    another precision than its pivot never joins its scores."""
+    rng = np.random.default_rng(4)
+    lake = Lake(tmp_path)
+    for lang in ("eng", "fra", "deu"):
+        write_language(lake, lang, rng)
+    record = lake.completion("m", "c", "eng", "deu")
+    from neuronxa_ray.lake import WrittenFile
+
+    files = [WrittenFile(f["path"], f["bytes"], f["rows"], f["table"]) for f in record["files"]]
+    for lang, precision in (("eng", "cpu/float32"), ("fra", "cpu/float32"), ("deu", "cuda/bfloat16")):
+        rec = lake.completion("m", "c", "eng", lang)
+        lang_files = [WrittenFile(f["path"], f["bytes"], f["rows"], f["table"]) for f in rec["files"]]
+        info = {"checkpoint_fingerprint": "base", "precision": precision}
+        lake.mark_done("m", "c", "eng", lang, f"fp-{lang}", info, lang_files if lang != "deu" else files)
+    with caplog.at_level(logging.WARNING):
+        con = connect(tmp_path)
+    assert con.execute("SELECT DISTINCT lang FROM alignment").fetchall() == [("fra",)]
+    assert "cuda/bfloat16" in caplog.text and "--force" in caplog.text
+    assert [p.kind for p in lake.check()] == ["stale"]

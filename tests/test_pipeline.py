@@ -203,3 +203,25 @@ def test_a_causal_lm_checkpoint_loads_without_a_weights_report(tmp_path, capfd):
     captured = capfd.readouterr()
     assert len(lm.blocks) == 2
     assert "lm_head" not in captured.err + captured.out
+
+
+def test_a_checkpoint_that_cannot_load_fails_alone_and_the_run_ends(ray_session, tiny_job, tmp_path):
+    """One actor, two checkpoints, the second's weights broken: switching to it must not lose the first
+    checkpoint's last write, and the run must end (not wait forever) with the second's units failed."""
+    import shutil
+
+    _, raw = tiny_job
+    broken = tmp_path / "broken"
+    shutil.copytree(raw["model"], broken)
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:200])
+    job = job_from_dict(
+        {**raw, "lake": str(tmp_path / "lake"), "num_actors": 1, "checkpoints": [raw["model"], str(broken)]}
+    )
+    report = run_jobs([job], RunOptions(progress=False))
+    assert sorted(f.lang for f in report.failed) == ["deu", "eng", "fra"]
+    assert {f.checkpoint for f in report.failed} == {"broken"}
+    con = connect(tmp_path / "lake")
+    done = con.execute("SELECT checkpoint, n_done, n_failed FROM checkpoint_status ORDER BY 1").fetchall()
+    assert done == [("broken", 0, 3), ("model", 3, 0)]
+    assert con.execute("SELECT count(DISTINCT lang) FROM alignment WHERE checkpoint = 'model'").fetchone() == (2,)

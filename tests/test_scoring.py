@@ -209,6 +209,21 @@ def test_pivot_row_of_the_pair_matrix_equals_the_workers_scores_exactly(tmp_path
     assert "stale" in {problem.kind for problem in Lake(lake_dir).check()}
     pairs = connect(lake_dir).execute("SELECT DISTINCT pivot_lang, lang FROM alignment_matrix ORDER BY ALL").fetchall()
     assert ("fra", "deu") not in pairs and ("deu", "fra") not in pairs and ("eng", "deu") in pairs
+    # fra's text edited and fra recomputed (same settings): its pairs are stale until compute_pairs redoes them
+    worker.process(task("eng", fp="other"))
+    worker.process(task("fra", fp="other"), pivot)
+    worker.process(task("deu", fp="other"), pivot)
+    worker.flush()
+    compute_pairs(lake_dir, "tiny", "main", ["eng", "fra", "deu"], "all")
+    before_edit = connect(lake_dir).execute("SELECT count(*) FROM alignment_matrix").fetchone()[0]
+    worker.process(
+        LanguageTask("tiny", "main", "eng", "fra", ids, TEXTS["fra"], "fp-fra-2", checkpoint_fingerprint="other"), pivot
+    )
+    worker.flush()
+    pairs = connect(lake_dir).execute("SELECT DISTINCT pivot_lang, lang FROM alignment_matrix ORDER BY ALL").fetchall()
+    assert ("fra", "deu") not in pairs and ("deu", "fra") not in pairs
+    assert compute_pairs(lake_dir, "tiny", "main", ["eng", "fra", "deu"], "all") > 0
+    assert connect(lake_dir).execute("SELECT count(*) FROM alignment_matrix").fetchone()[0] == before_edit
 
 
 def test_cosine_matrices_still_importable_from_extraction():
