@@ -2,8 +2,9 @@
 
     python -m benchmarks.bench_report [--checkpoints 50] [--languages 100] [--sentences 10] [--layers 12]
 
-Writes cosine matrices (similarity_table), neuron counters (neuron_counts_table) and one runs row per checkpoint
-with Lake.write (no sentence states: the report does not read them), times `neuronxa-ray report`, prints the HTML
+Writes per-sentence matches (matches_table, from random cosine matrices, as the worker does), neuron counters
+(neuron_counts_table), completion markers and one runs row per checkpoint with the Lake (no sentence states: the
+report does not read them), times `neuronxa-ray report`, prints the HTML
 size, and with a `chromium` on PATH the time until every figure of the page is drawn (headless, --dump-dom).
 """
 
@@ -19,8 +20,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from neuronxa_ray.lake import SCHEMAS, Lake, neuron_counts_table, similarity_table
+from neuronxa_ray.lake import SCHEMAS, Lake, matches_table, neuron_counts_table
+from neuronxa_ray.scoring import match_stats
 
 METHODS = ("nas", "nav", "hidden", "hidden_last")
 
@@ -45,18 +48,22 @@ def synthetic_lake(
                 signal = progress * (1.0 - difficulty[li]) * layer_shape * (0.5 + 0.15 * mi)
                 noise = rng.normal(0.0, 0.25, size=(n_layers, n_sentences, n_sentences))
                 mats[method] = np.clip(noise + signal * eye, -1, 1)
-            lake.write(
-                "similarity",
-                similarity_table(model, ckpt, "eng", lang, mats),
-                lake.language_file("similarity", model, ckpt, lang, "eng"),
+            stats = {m: match_stats(torch.from_numpy(c)).numpy() for m, c in mats.items()}
+            found = lake.write(
+                "matches",
+                matches_table(model, ckpt, "eng", lang, stats),
+                lake.language_file("matches", model, ckpt, lang, "eng"),
             )
             n_tokens = 500
             active = rng.binomial(n_tokens, rng.uniform(0.05, 0.6, size=(n_layers, d_ff))).astype(float)
-            lake.write(
+            counts = lake.write(
                 "neuron_counts",
                 neuron_counts_table(model, ckpt, lang, active, active * 0.7, n_tokens),
                 lake.language_file("neuron_counts", model, ckpt, lang),
             )
+            info = {"checkpoint_fingerprint": ckpt, "n_sentences": n_sentences}
+            lake.mark_done(model, ckpt, "eng", lang, f"{ckpt}-{lang}", info, [found, counts])
+        lake.mark_done(model, ckpt, "eng", "eng", f"{ckpt}-eng", {"checkpoint_fingerprint": ckpt}, [])
         row = {f.name: None for f in SCHEMAS["runs"]}
         row.update(
             run_id=f"synthetic-{ckpt}",
@@ -80,7 +87,7 @@ def synthetic_lake(
             schema_version="2",
             config_json="{}",
         )
-        lake.write("runs", {k: [v] for k, v in row.items()}, root / "runs" / f"{row['run_id']}.parquet")
+        lake.write_run(row)
     return root
 
 

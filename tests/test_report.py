@@ -218,7 +218,8 @@ def test_several_pivots_give_a_language_matrix(synthetic, tmp_path):
     extra = {m: np.random.default_rng(9).normal(size=(LAYERS, N, N)) + np.eye(N) for m in METHODS}
     files = _write_pair(lk, "late", "fra", "deu", extra)
     sources = [lk.done_marker(MODEL, "late", "eng", x) for x in ("fra", "deu")]
-    lk.mark_done(MODEL, "late", "fra", "deu", "fp-pair", {"checkpoint_fingerprint": "fp", "sources": sources}, files)
+    pair_fp = "fp-fra+fp-deu"  # the two source languages' fingerprints, as compute_pairs writes it
+    lk.mark_done(MODEL, "late", "fra", "deu", pair_fp, {"checkpoint_fingerprint": "fp", "sources": sources}, files)
     report = build_report(lake, checkpoints=["late"])
     rows = _dataset(report, f"Pivot × language: {MODEL} @ late")
     got = {(r["method"], r["pivot_lang"], r["lang"]): float(r["score_mean"]) for r in rows}
