@@ -158,17 +158,26 @@ def compute_pairs(
     if not todo:
         return 0
     needed = sorted(set(todo) | {lang for langs in todo.values() for lang in langs})
-    states = {lang: lake.read_states(model, checkpoint, lang) for lang in needed}
     rows = 0
     with torch.inference_mode():
+        # Each language's states normalised once ([layers, n, dim] float64 unit rows on the device): a pair is
+        # then one batched matmul, bit for bit the worker's cosine_matrices.
+        unit = {
+            lang: {
+                m: normalize_states(torch.from_numpy(a).to(device))
+                for m, a in lake.read_states(model, checkpoint, lang).items()
+            }
+            for lang in needed
+        }
         for p, langs in todo.items():
-            on_device = {method: torch.from_numpy(arr).to(device) for method, arr in states[p].items()}
             for lang in langs:
                 stats = {}
-                for method, P in on_device.items():
-                    if method not in states[lang]:
+                for method, P in unit[p].items():
+                    if method not in unit[lang]:
                         raise NeuronxaError(f"{lang!r} has no stored {method!r} states (pivot {p!r} has)")
-                    stats[method] = matches_of(P, torch.from_numpy(states[lang][method]).to(device))
+                    if P.shape[1] != unit[lang][method].shape[1]:
+                        raise NeuronxaError(f"parallel sentences needed: {p!r} and {lang!r} differ in length")
+                    stats[method] = match_stats(torch.bmm(P, unit[lang][method].transpose(1, 2))).numpy()
                 table = matches_table(model, checkpoint, p, lang, stats)
                 written = lake.write("matches", table, lake.language_file("matches", model, checkpoint, lang, p))
                 if p == base:  # the language's own marker gains its matches file
