@@ -1,7 +1,8 @@
 """The plain reference every fast path is checked against: one sentence at a time, float64, explicit loops.
 
-Written from the method's definition (PAPER.md, DESIGN.md), sharing no code with the package's extraction or
-scoring: its own hooks capture full per-token activations, then states, cosines and hits are computed in numpy.
+Written from the method's definition (README, "The method, as implemented"; Huang et al. 2025), sharing no code
+with the package's extraction or scoring: its own hooks capture full per-token activations, then states, cosines
+and hits are computed in numpy.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ def test_sql_formats_and_views(demo, tmp_path, capsys):
 
 
 def test_paper_findings_hold_on_a_real_model(demo):
-    """NeuronXA's claims, qualitatively, on Gemma 3 270M and UDHR (see PAPER.md)."""
+    """NeuronXA's claims (Huang et al., ACL 2025), qualitatively, on Gemma 3 270M and UDHR."""
     con = connect(demo[0])
     mean = dict(con.execute("SELECT method, avg(score_mean) FROM alignment_summary GROUP BY method").fetchall())
     assert mean["nas"] > mean["hidden"]  # neuron states align better than embeddings
