@@ -563,7 +563,7 @@ class Scheduler:
                     self._actor_lost(slot, f"pivot states lost: {_first_line(e)}", also=[unit])
                     return
             self.finished += 1
-            self.bar.set_postfix_str(f"{self.plans[unit.plan].checkpoint.name} {unit.lang}", refresh=False)
+            self.bar.set_postfix_str(f"{unit.lang} @ {self.plans[unit.plan].checkpoint.name}", refresh=False)
             if not self.bar.disable:
                 return
             log.info(
