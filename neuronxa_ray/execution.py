@@ -864,6 +864,7 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
         Lake(job.lake).check_writable()
     all_plans = plan_jobs(jobs, options.force, options.recompute)
     plans = [p for p in all_plans if p.todo]
+    _tidy_finished(all_plans, run_id)
     if not plans:
         log.info("every language of every checkpoint is already in the lake; nothing to do")
         _compute_pairs(all_plans)
@@ -919,6 +920,18 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
     failed = scheduler.failed_units()
     failed += _compute_pairs(all_plans, failed)
     return RunReport(run_id, runs, failed, len(scheduler.units), loads, time.perf_counter() - t_start)
+
+
+def _tidy_finished(plans: list[CheckpointPlan], run_id: str) -> None:
+    """Checkpoints with nothing left to do get no lease from this run, so nothing else would tidy them: remove what
+    dead runs left there (stale leases, temporary files) now; one a live run holds is left alone."""
+    for plan in plans:
+        if plan.todo:
+            continue  # tidied under this run's lease once it holds it (Scheduler.acquire_leases)
+        try:
+            Lake(plan.job.lake).tidy(*plan.key, run_id)
+        except Exception as e:  # housekeeping must not end a run
+            log.warning("%s: could not tidy what earlier runs left: %s", plan.label, _first_line(e))
 
 
 def _compute_pairs(plans: list[CheckpointPlan], failed: list[FailedUnit] = ()) -> list[FailedUnit]:

@@ -6,6 +6,7 @@ how long the error took where it must come early, and what the lake holds afterw
 import json
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -239,3 +240,28 @@ def test_a_bom_is_removed_once_with_a_word(tmp_path, model_dir, data_dir, caplog
     (with_bom / ".txt").write_text("\n".join(TEXTS["eng"]) + "\n")
     with pytest.raises(ValueError, match="gives an empty language code"):
         read_corpus(with_bom)
+
+
+def test_a_dead_runs_lease_on_a_finished_checkpoint_is_tidied(tmp_path, model_dir, data_dir, ray_session):
+    """A run killed after its last language was written leaves its lease on a checkpoint with nothing left to do;
+    the next run (which needs no lease there) still removes it, so `lake check` is clean. Deterministic: the dead
+    run is planted, not raced."""
+    import subprocess
+    import sys
+
+    from neuronxa_ray.config import load_job
+    from neuronxa_ray.execution import RunOptions, run_jobs
+
+    job = load_job(_job(tmp_path, model_dir, data_dir))
+    run_jobs([job], RunOptions(progress=False))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs, as a SIGKILLed driver's
+    lake = Lake(job.lake)
+    lease = lake.acquire("tiny", "main", "fingerprint-of-the-dead-run", "dead-run")
+    record = json.loads(lake.storage.read_bytes(lease.path))
+    lake.storage.write_bytes(lease.path, json.dumps({**record, "pid": dead.pid}).encode())
+    temp = tmp_path / "lake" / Path(lake.language_file("matches", "tiny", "main", "fra", "eng")).parent / ".x.tmp"
+    temp.write_bytes(b"half")
+    assert {p.kind for p in lake.check()} == {"stale-lease", "temporary"}
+    assert run_jobs([job], RunOptions(progress=False)).n_units == 0  # nothing to do ...
+    assert lake.check() == []  # ... and nothing left behind
