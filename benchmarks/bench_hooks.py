@@ -42,16 +42,11 @@ def main(argv=None) -> list[dict]:
     texts = [t for ts in udhr(args.languages, args.n).values() for t in ts]
     extractor = StateExtractor(lm, batch_size=args.batch_size)
     ids = extractor.tokenize(texts)
-    extractor.close()  # no hooks during the bare runs; hooked() attaches a fresh set each time
     bare = bare_forward(lm, ids, args.batch_size)
     n_tokens = sum(map(len, ids))
 
     def hooked():
-        ex = StateExtractor(lm, batch_size=args.batch_size)
-        try:
-            ex.extract(texts)
-        finally:
-            ex.close()
+        StateExtractor(lm, batch_size=args.batch_size).extract(texts)  # hooks live for the call only
         if lm.device.type == "cuda":
             torch.cuda.synchronize()
 

@@ -63,7 +63,6 @@ def main(argv=None, lake_dir: Path | None = None) -> tuple[list[dict], dict]:
     lm = load_model(ModelSpec(model=GEMMA))
     torch.set_num_threads(2)
     ex = StateExtractor(lm, batch_size=16)
-    ex.close()
     bares = [bare_forward(lm, ex.tokenize(t), 16) for t in texts.values()]  # per language, as the actor batches
 
     def bare():

@@ -46,7 +46,7 @@ def _sleep_worker(load_s: float, costs: dict[str, float]):
                 time.sleep(load_s)
             self.pending = None
 
-        def process(self, task, pivot=None):
+        def process(self, task, pivot=None, share_pivot=True):
             time.sleep(costs[task.lang])
             confirmed = self.collect()
             self.pending = WriteOutcome(task.model_name, task.checkpoint, task.lang)
@@ -54,6 +54,9 @@ def _sleep_worker(load_s: float, costs: dict[str, float]):
             result.confirmed = confirmed
             states = {"nas": [[0.0]]} if task.lang == task.pivot else None
             return result, states
+
+        def has_pivot(self, task):
+            return False
 
         def collect(self):
             done, self.pending = ([self.pending] if self.pending else []), None

@@ -96,11 +96,12 @@ class JobConfig:
     layers_module: str | None = field(default=None, metadata=FINGERPRINT)
     trust_remote_code: bool = False
     batch_size: int = 16  # padding is masked: the batch changes float rounding only, not a result
+    batch_tokens: int | str = "auto"  # padded tokens per batch (auto: 16384 on a GPU, batch_size sentences on CPU)
     max_length: int | None = field(default=512, metadata=FINGERPRINT)
     num_actors: int | None = None  # default: one per GPU, else 1
     gpus_per_actor: int = 1  # a model that needs k GPUs is spread over them with device_map
-    state_dtype: str = field(default="float32", metadata=FINGERPRINT)
-    store_states: bool = True
+    state_dtype: str = field(default="float16", metadata=FINGERPRINT)  # the pivot's are stored as float32
+    store_states: bool | str = "auto"  # auto: stored while a checkpoint's states stay small (planning.py)
     max_attempts: int = 3  # a unit whose actor or node dies is retried elsewhere up to this many times
     placement_timeout_s: float = 60.0  # actors not placed by then: an error naming what was asked and what exists
     store_similarity: bool = False  # also the O(n^2) cosine matrices; scores read `matches` (O(n)) either way
@@ -303,9 +304,15 @@ def _validate(job: JobConfig) -> None:
         raise _err(s, "state_dtype", job.state_dtype, f"must be one of {list(STATE_DTYPES)}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", job.device):
         raise _err(s, "device", job.device, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if isinstance(job.store_states, str) and job.store_states != "auto":
+        raise _err(s, "store_states", job.store_states, "must be true, false or 'auto'")
+    if isinstance(job.batch_tokens, str) and job.batch_tokens != "auto":
+        raise _err(s, "batch_tokens", job.batch_tokens, "must be 'auto', 0 (batch_size sentences) or a whole number")
+    if isinstance(job.batch_tokens, int) and job.batch_tokens < 0:
+        raise _err(s, "batch_tokens", job.batch_tokens, "must be 'auto', 0 (batch_size sentences) or a whole number")
     if isinstance(job.pivots, str) and job.pivots != "all":
         raise _err(s, "pivots", job.pivots, "must be 'all' or a list of language codes")
-    if job.pivots is not None and not job.store_states:
+    if job.pivots is not None and job.store_states is False:
         raise _err(s, "pivots", job.pivots, "every pair is computed from stored states: needs store_states: true")
     if not job.lake:
         raise _err(s, "lake", job.lake, "must be a directory or a URI such as s3://bucket/prefix")

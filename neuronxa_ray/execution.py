@@ -133,14 +133,21 @@ class _Actor:
         self.loads += 1
         return self._take()
 
-    def process(self, key: int, spec, settings, task: LanguageTask, pivot_refs: list, prefetch: tuple | None):
+    def process(
+        self, key: int, spec, settings, task: LanguageTask, pivot_refs: list, prefetch: tuple | None, share: bool
+    ):
         import ray
 
         confirmed = self.warm(key, spec, settings)
         if prefetch is not None:
             self._prefetch(*prefetch)
-        pivot = ray.get(pivot_refs[0]) if pivot_refs else None
-        result, states = self.worker.process(task, pivot)
+        pivot = None
+        if pivot_refs and not self.worker.has_pivot(task):  # the pivot's own actor keeps them on its device
+            try:
+                pivot = ray.get(pivot_refs[0])
+            except ray.exceptions.RayError as e:  # lost with its node: the worker reads or computes them
+                log.warning("%s: the pivot's shared states are gone (%s)", task.lang, _first_line(e))
+        result, states = self.worker.process(task, pivot, share_pivot=share)
         result.confirmed = confirmed + self._take() + result.confirmed
         result.write_s, self._write_base = self.worker.write_s - self._write_base, self.worker.write_s
         return result, states
@@ -315,9 +322,12 @@ class Scheduler:
         self._last_attempts_flush = time.monotonic()
         self.bar = _progress(len(self.units), progress)
         self.finished = 0
+        self.pivot_records: dict[int, dict] = {}  # plans whose pivot is complete in the lake: its marker, in short
         for i, plan in enumerate(plans):
-            if plan.pivot not in plan.todo:  # the pivot is complete: its states come from the lake when needed
+            if plan.pivot not in plan.todo:  # the pivot is complete: actors read its states or compute them
                 self.pivot_ref[i] = None
+                record = self.lakes[i].completion(*plan.key, plan.pivot, plan.pivot) or {}
+                self.pivot_records[i] = {"tables": {f.get("table") for f in record.get("files") or []}}
 
     # ----- picking work
     def _ready(self, pi: int) -> bool:
@@ -372,25 +382,25 @@ class Scheduler:
         plan = self.plans[pi]
         job = plan.job
         return WorkerSettings(
-            self.lakes[pi], job.batch_size, plan.max_length, job.state_dtype, job.store_states, job.store_similarity
+            self.lakes[pi],
+            job.batch_size,
+            plan.max_length,
+            job.state_dtype,
+            plan.store_states,
+            job.store_similarity,
+            job.batch_tokens,
         )
 
-    def _pivot_refs(self, pi: int) -> list | None:
-        """The pivot's states for the checkpoint's other languages; None (its units failed) when unreadable."""
-        if self.pivot_ref.get(pi) is None:  # complete in the lake: read once, shared by every actor
-            plan = self.plans[pi]
-            try:
-                states = self.lakes[pi].read_states(plan.job.model_name, plan.checkpoint.name, plan.pivot)
-            except Exception as e:
-                message = f"the pivot's stored states could not be read: {_first_line(e)}"
-                while self.pending[pi]:
-                    self._fail(self.pending[pi].popleft(), message)
-                return None
-            self.pivot_ref[pi] = self.ray.put(states)
-        return [self.pivot_ref[pi]]
+    def _pivot_refs(self, pi: int) -> list:
+        """The pivot's states for the checkpoint's other languages: a ref to what its actor returned (the data stays
+        in the object store on that actor's node, never in the driver), or none: the actor reads them from the lake
+        or computes them itself."""
+        ref = self.pivot_ref.get(pi)
+        return [] if ref is None else [ref]
 
     def _task(self, unit: _Unit) -> LanguageTask:
         plan = self.plans[unit.plan]
+        pivot_record = self.pivot_records.get(unit.plan) or {}
         return LanguageTask(
             plan.job.model_name,
             plan.checkpoint.name,
@@ -402,6 +412,8 @@ class Scheduler:
             token_ids=self.tokens[(unit.plan, unit.lang)],
             checkpoint_fingerprint=plan.fingerprint,
             run_id=self.run_id,
+            pivot_token_ids=None if unit.lang == plan.pivot else self.tokens.get((unit.plan, plan.pivot)),
+            pivot_in_lake=unit.lang != plan.pivot and "sentence_states" in pivot_record.get("tables", ()),
         )
 
     def _fill(self) -> None:
@@ -418,8 +430,7 @@ class Scheduler:
                     break
                 is_pivot = self.pending[pi][0].lang == self.plans[pi].pivot
                 pivot_refs = [] if is_pivot else self._pivot_refs(pi)
-                if pivot_refs is None:
-                    continue
+                share = is_pivot and len(self.pool.alive()) > 1  # its states go where other actors can get them
                 unit = self.pending[pi].popleft()
                 self.started.add(pi)
                 self.reserved.pop(pi, None)
@@ -432,9 +443,10 @@ class Scheduler:
                     self._task(unit),
                     pivot_refs,
                     self._prefetch_hint(slot, pi, is_pivot),
+                    share,
                 )
                 if is_pivot:
-                    self.states_refs[pi] = refs[1]
+                    self.states_refs[pi] = refs[1] if share else None
                 slot.inflight.append((refs[0], "unit", unit))
                 self._switch(slot, pi)
 
@@ -552,16 +564,8 @@ class Scheduler:
             self._confirm(slot, result.confirmed)
             unit.status, unit.result = "written", result
             slot.unconfirmed.append(unit)
-            if unit.lang == self.plans[unit.plan].pivot:
-                try:  # re-own the pivot's states in the driver: they outlive the node that computed them
-                    states = self.ray.get(self.states_refs.pop(unit.plan))
-                    if self.plans[unit.plan].job.state_dtype == "float16":  # as later runs will read them back
-                        states = {m: a.astype("float16").astype("float32") for m, a in states.items()}
-                    self.pivot_ref[unit.plan] = self.ray.put(states)
-                except Exception as e:
-                    slot.unconfirmed.remove(unit)
-                    self._actor_lost(slot, f"pivot states lost: {_first_line(e)}", also=[unit])
-                    return
+            if unit.lang == self.plans[unit.plan].pivot:  # its languages may run now, here and on other actors
+                self.pivot_ref[unit.plan] = self.states_refs.pop(unit.plan, None)
             self.finished += 1
             self.bar.set_postfix_str(f"{unit.lang} @ {self.plans[unit.plan].checkpoint.name}", refresh=False)
             if not self.bar.disable:
@@ -826,7 +830,7 @@ def _tokenize_all(plans: list[CheckpointPlan], first_tokenizer: Future | None) -
                 tokenizers[key], first_tokenizer = first_tokenizer.result(), None
             else:
                 tokenizers[key] = load_tokenizer(plan.spec)
-        for lang in plan.todo:
+        for lang in dict.fromkeys([plan.pivot, *plan.todo]):  # the pivot's ids too: an actor may compute it
             cache_key = (key, lang, plan.max_length)
             if cache_key not in by_text:
                 by_text[cache_key] = _tokenize(tokenizers[key], plan, lang)

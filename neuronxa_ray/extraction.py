@@ -12,13 +12,14 @@ Nothing per token leaves the hook: each layer's [batch, seq, d_ff] activation is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
 import torch
 
 from neuronxa_ray.models import LoadedModel, tokenize
-from neuronxa_ray.scoring import cosine_matrices  # noqa: F401  (moved to scoring.py; kept importable from here)
+from neuronxa_ray.reduction import accumulation_dtype, ffn_sums, pooled_sum
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,6 @@ def pad_batch(ids: list[list[int]], pad_id: int, side: str = "right") -> tuple[t
     return input_ids, mask
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 models (the test reference) stay float64; everything else accumulates in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def position_weights(attention_mask: torch.Tensor) -> torch.Tensor:
     """[batch, seq] 0/1 mask -> [batch, seq] float64 weights t / sum(1..T) on own tokens, 0 on padding."""
     mask = attention_mask.to(torch.float64)
@@ -74,8 +70,25 @@ class _BatchContext:
     rows: torch.Tensor  # [batch] output rows of this batch's sentences
 
 
+def plan_batches(lengths: list[int], batch_size: int, batch_tokens: int | None = None) -> list[list[int]]:
+    """Sentence indices in batches, longest first (similar lengths together: little padding). With batch_tokens,
+    each batch holds as many sentences as fit that many padded tokens (rows x its longest sentence; a sentence
+    longer than the budget runs alone); otherwise batch_size sentences."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if not batch_tokens:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 class StateExtractor:
-    """Extracts LanguageStates for lists of sentences with one loaded model; reusable across languages."""
+    """Extracts LanguageStates for lists of sentences with one loaded model; reusable across languages. Its hooks
+    exist only while extract_ids runs (added on entry, removed in `finally`)."""
 
     def __init__(
         self,
@@ -83,30 +96,37 @@ class StateExtractor:
         batch_size: int = 16,
         max_length: int | None = None,
         padding_side: str = "right",
+        batch_tokens: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if batch_tokens is not None and batch_tokens < 0:
+            raise ValueError(f"batch_tokens must be >= 0, got {batch_tokens!r}")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         self.lm = lm
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self.max_length = max_length
         self.padding_side = padding_side
         self.n_layers = len(lm.blocks)
         self._ctx: _BatchContext | None = None
         self._out: LanguageStates | None = None
-        self._handles = []
-        for layer, module in enumerate(lm.hook_modules):
-            if lm.hook_site == "act":
-                hook = module.register_forward_hook(self._make_output_hook(layer))
-            else:
-                hook = module.register_forward_pre_hook(self._make_input_hook(layer))
-            self._handles.append(hook)
 
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    @contextlib.contextmanager
+    def hooks(self):
+        """The reducing hooks on every block's FFN activation (blocks.{i}.mlp.act), for the duration of a call."""
+        handles = []
+        try:
+            for layer, module in enumerate(self.lm.hook_modules):
+                if self.lm.hook_site == "act":
+                    handles.append(module.register_forward_hook(self._make_output_hook(layer)))
+                else:
+                    handles.append(module.register_forward_pre_hook(self._make_input_hook(layer)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _make_output_hook(self, layer: int):
         def hook(module, args, output):  # blocks.{layer}.mlp.act
@@ -125,22 +145,16 @@ class StateExtractor:
         ctx, out = self._ctx, self._out
         if ctx is None or out is None:
             return  # a forward pass outside extract(): nothing to record
-        act = act.to(_accumulation_dtype(act.dtype))  # bf16/fp16 models accumulate in float32
         if out.nas.numel() == 0:  # first batch: d_ff is known only now (configs name it differently)
-            n, d_ff = out.nas.shape[0], act.shape[-1]
-            out.nas = act.new_zeros(n, self.n_layers, d_ff)
-            out.nav = act.new_zeros(n, self.n_layers, d_ff)
+            n, d_ff, acc = out.nas.shape[0], act.shape[-1], accumulation_dtype(act.dtype)
+            out.nas = act.new_zeros(n, self.n_layers, d_ff, dtype=acc)
+            out.nav = act.new_zeros(n, self.n_layers, d_ff, dtype=acc)
             out.n_active = act.new_zeros(self.n_layers, d_ff, dtype=torch.float64)
             out.abs_sum = act.new_zeros(self.n_layers, d_ff, dtype=torch.float64)
-        # 1[act > 0] as sign(act) clamped at 0: the same values, three times faster on CPU than a bool->float cast
-        positive = torch.sign(act).clamp_(min=0)
-        magnitude = act.abs()
-        if ctx.valid is not None:  # left padding: padded rows may hold NaN, and NaN x 0 weight is still NaN
-            positive.masked_fill_(~ctx.valid, 0.0)
-            magnitude.masked_fill_(~ctx.valid, 0.0)
         weights = ctx.weights if ctx.weights.device == act.device else ctx.weights.to(act.device)  # multi-GPU
-        pos_sums = torch.bmm(weights, positive).to(out.nas.device)  # [batch, 2, d_ff]: weighted mean, count
-        mag_sums = torch.bmm(weights, magnitude).to(out.nas.device)
+        valid = None if ctx.valid is None else ctx.valid.to(act.device)
+        pos_sums, mag_sums = ffn_sums(act, weights, valid)  # each [batch, 2, d_ff]: weighted mean, count
+        pos_sums, mag_sums = pos_sums.to(out.nas.device), mag_sums.to(out.nas.device)
         out.nas[ctx.rows, layer] = pos_sums[:, 0]
         out.nav[ctx.rows, layer] = mag_sums[:, 0]
         out.n_active[layer] += pos_sums[:, 1].sum(0, dtype=torch.float64)
@@ -172,37 +186,42 @@ class StateExtractor:
         dev = self.lm.device
         n, n_layers = len(ids), self.n_layers
         out = None
-        order = sorted(range(n), key=lambda i: -len(ids[i]))  # similar lengths together: little padding
-        for start in range(0, n, self.batch_size):
-            rows = order[start : start + self.batch_size]
-            input_ids, mask = self._pad([ids[i] for i in rows])
-            input_ids, mask = input_ids.to(dev), mask.to(dev)
-            weights = position_weights(mask)
-            left_padded = self.padding_side == "left" and bool((mask[:, 0] == 0).any())
-            acc = _accumulation_dtype(self.lm.dtype)
-            weights = weights.to(acc)
-            self._ctx = _BatchContext(
-                weights=torch.stack([weights, mask.to(acc)], dim=1),
-                valid=mask.bool().unsqueeze(-1) if left_padded else None,
-                rows=torch.tensor(rows, device=dev),
-            )
-            if out is None:
-                out = _empty_states(n, n_layers, dev)
-            self._out = out
-            try:
-                position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-                result = self.lm.model(
-                    input_ids=input_ids,
-                    attention_mask=mask,
-                    position_ids=position_ids,
-                    output_hidden_states=True,
-                    use_cache=False,
-                )
-            finally:
-                self._ctx, self._out = None, None
-            self._pool_hidden(out, result.hidden_states, weights, mask, rows, left_padded)
+        batches = plan_batches([len(x) for x in ids], self.batch_size, self.batch_tokens)
+        with self.hooks():
+            for rows in batches:
+                out = self._run_batch(ids, rows, out, n, n_layers, dev)
         out.n_tokens = sum(len(x) for x in ids)
         out.token_counts = [len(x) for x in ids]
+        return out
+
+    def _run_batch(self, ids, rows, out, n, n_layers, dev) -> LanguageStates:
+        """One padded batch through the hooked model: FFN sums by the hooks, hidden states pooled after."""
+        input_ids, mask = self._pad([ids[i] for i in rows])
+        input_ids, mask = input_ids.to(dev), mask.to(dev)
+        weights = position_weights(mask)
+        left_padded = self.padding_side == "left" and bool((mask[:, 0] == 0).any())
+        acc = accumulation_dtype(self.lm.dtype)
+        weights = weights.to(acc)
+        self._ctx = _BatchContext(
+            weights=torch.stack([weights, mask.to(acc)], dim=1),
+            valid=mask.bool().unsqueeze(-1) if left_padded else None,
+            rows=torch.tensor(rows, device=dev),
+        )
+        if out is None:
+            out = _empty_states(n, n_layers, dev)
+        self._out = out
+        try:
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            result = self.lm.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                output_hidden_states=True,
+                use_cache=False,
+            )
+        finally:
+            self._ctx, self._out = None, None
+        self._pool_hidden(out, result.hidden_states, weights, mask, rows, left_padded)
         return out
 
     @staticmethod
@@ -210,17 +229,14 @@ class StateExtractor:
         rows_t = torch.tensor(rows, device=weights.device)
         last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)  # index of each sentence's last own token
         batch = torch.arange(mask.shape[0], device=weights.device)
-        w = weights.unsqueeze(1)  # [batch, 1, seq]
         if out.hidden.numel() == 0:
             n, d_model = out.hidden.shape[0], hidden_states[0].shape[-1]
             out.hidden = weights.new_zeros(n, len(hidden_states), d_model)
             out.hidden_last = weights.new_zeros(n, len(hidden_states), d_model)
         for layer, h in enumerate(hidden_states):  # [batch, seq, d_model]
-            h = h.to(device=weights.device, dtype=_accumulation_dtype(h.dtype))
-            if left_padded:
-                h = h.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
-            out.hidden[rows_t, layer] = torch.bmm(w, h).squeeze(1)
-            out.hidden_last[rows_t, layer] = h[batch, last]
+            h = h.to(weights.device)
+            out.hidden[rows_t, layer] = pooled_sum(h, weights, mask, left_padded)
+            out.hidden_last[rows_t, layer] = h[batch, last].to(out.hidden_last.dtype)
 
 
 def _empty_states(n: int, n_layers: int, device: torch.device) -> LanguageStates:

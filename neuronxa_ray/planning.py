@@ -24,7 +24,7 @@ from neuronxa_ray.readers import ParallelCorpus
 
 log = logging.getLogger(__name__)
 
-METHOD_VERSION = "1"  # bump when the extraction or scoring changes numbers for the same inputs
+METHOD_VERSION = "2"  # bump when the extraction or scoring changes numbers for the same inputs
 
 
 def _digest(material: object) -> str:
@@ -63,6 +63,7 @@ class CheckpointPlan:
     todo: list[str]  # pivot first when it runs
     max_length: int | None
     lang_fingerprints: dict[str, str] = field(default_factory=dict)
+    store_states: bool = True  # the job's store_states, "auto" resolved for this model and corpus
 
     @property
     def key(self) -> tuple[str, str]:
@@ -81,11 +82,46 @@ def _tables(record: dict | None) -> set[str]:
     return {f.get("table") for f in (record or {}).get("files", [])}
 
 
-def required_tables(job: JobConfig, lang: str) -> set[str]:
+STATE_BUDGET_BYTES = 2 * 1024**3  # store_states "auto": states are kept while a checkpoint's stay under this
+
+
+def state_bytes_per_sentence(config: dict | None, state_dtype: str) -> int | None:
+    """Bytes of one sentence's stored states (nas and nav per block, hidden and hidden_last per hidden_states
+    index) from a model's config.json; None when the config does not say."""
+    for cfg in (config or {}, (config or {}).get("text_config") or {}):
+        layers, d_ff, d_model = (cfg.get(k) for k in ("num_hidden_layers", "intermediate_size", "hidden_size"))
+        if all(isinstance(v, int) and v > 0 for v in (layers, d_ff, d_model)):
+            return (2 * layers * d_ff + 2 * (layers + 1) * d_model) * (2 if state_dtype == "float16" else 4)
+    return None
+
+
+def resolve_store_states(job: JobConfig, resolved: ResolvedModel, n_languages: int, n_sentences: int) -> bool:
+    """store_states as set; "auto": true when every pair is asked for (they are computed from stored states) or
+    when the checkpoint's states stay under STATE_BUDGET_BYTES (an 8B model x FLORES-200 would need ~0.5 TB)."""
+    if isinstance(job.store_states, bool):
+        return job.store_states
+    if job.pivots is not None:
+        return True
+    per_sentence = state_bytes_per_sentence(resolved.config(), job.state_dtype)
+    if per_sentence is None or per_sentence * n_sentences * n_languages <= STATE_BUDGET_BYTES:
+        return True
+    log.info(
+        "%s: states not stored (store_states: auto; %.1f GB for %d languages x %d sentences, over %.0f GB); "
+        "scores and neuron statistics do not need them (set store_states: true to keep them)",
+        job.source,
+        per_sentence * n_sentences * n_languages / 1e9,
+        n_languages,
+        n_sentences,
+        STATE_BUDGET_BYTES / 1e9,
+    )
+    return False
+
+
+def required_tables(job: JobConfig, lang: str, store_states: bool | None = None) -> set[str]:
     """What a complete language holds for this job: a language done without states (or similarity) is not done
     for a job that asks for them."""
     tables = {"neuron_counts"}
-    if job.store_states:
+    if job.store_states is True if store_states is None else store_states:
         tables.add("sentence_states")
     if lang != job.pivot:
         tables.add("matches")
@@ -94,10 +130,13 @@ def required_tables(job: JobConfig, lang: str) -> set[str]:
     return tables
 
 
-def _done(lake: Lake, job: JobConfig, name: str, lang: str, fingerprint: str, pivot: dict | None) -> bool:
+def _done(
+    lake: Lake, job: JobConfig, name: str, lang: str, fingerprint: str, pivot: dict | None, store_states: bool
+) -> bool:
     """Complete, current, holding what the job asks for, and computed at its pivot's precision."""
     record = lake.completion(job.model_name, name, job.pivot, lang)
-    if record is None or record.get("fingerprint") != fingerprint or not required_tables(job, lang) <= _tables(record):
+    needed = required_tables(job, lang, store_states)
+    if record is None or record.get("fingerprint") != fingerprint or not needed <= _tables(record):
         return False
     precision, pivot_precision = record.get("precision"), (pivot or {}).get("precision")
     return not (precision and pivot_precision and precision != pivot_precision)
@@ -125,6 +164,7 @@ def plan_checkpoint(
     languages = [job.pivot] + [lang for lang in corpus.languages if lang != job.pivot]
     lang_fps = {lang: language_fingerprint(fp, lang, corpus) for lang in languages}
     model, name = job.model_name, checkpoint.name
+    store_states = resolve_store_states(job, resolved, len(languages), len(corpus.ids))
     if force:
         todo = list(languages)
     else:
@@ -132,14 +172,13 @@ def plan_checkpoint(
         todo = [
             lang
             for lang in languages
-            if lang in recompute or not _done(lake, job, name, lang, lang_fps[lang], pivot_record)
+            if lang in recompute or not _done(lake, job, name, lang, lang_fps[lang], pivot_record, store_states)
         ]
-    # The other languages need the pivot's states: from the lake when they were stored, else computed again.
-    pivot_tables = _tables(lake.completion(model, name, job.pivot, job.pivot))
-    if todo and job.pivot not in todo and "sentence_states" not in pivot_tables:
-        log.info("%s @ %s: the pivot's states are not in the lake; computing the pivot again", model, name)
-        todo.insert(0, job.pivot)
-    return CheckpointPlan(job, checkpoint, spec, resolved, corpus, fp, languages, todo, max_length, lang_fps)
+    # The other languages need the pivot's states: an actor reads them from the lake when they were stored, and
+    # computes them (without writing them again) when they were not.
+    return CheckpointPlan(
+        job, checkpoint, spec, resolved, corpus, fp, languages, todo, max_length, lang_fps, store_states
+    )
 
 
 def plan_jobs(

@@ -1,15 +1,25 @@
 """One model, many languages: extract states, compare with the pivot on the device, write the lake.
 
 LanguageWorker knows nothing of Ray or scheduling; execution.py wraps it in an actor. The same worker runs in a
-unit test. A language's Parquet files are written in a background thread while the next language runs; the write
-is confirmed (WriteOutcome) by the next `process` call or by `collect()`, so the scheduler knows exactly which
-languages are safely in the lake when an actor dies.
+unit test. What leaves the device is only what is kept: per-sentence matches (O(n x layers)) and per-neuron
+counters (O(layers x d_ff)) always, the states themselves only when they are stored (or shared as the pivot's),
+through pinned buffers on a side stream on CUDA. A language's Parquet files are written in background threads
+(at most WRITES_IN_FLIGHT languages at once) while the next language runs; each write is confirmed
+(WriteOutcome) by a later `process` call or by `collect()`, so the scheduler knows exactly which languages are
+safely in the lake when an actor dies.
+
+The pivot's states stay on the device of the actor that computed them, as float32. Another actor gets them
+through Ray's object store (actor to actor, never through the driver), reads them from the lake, or, when
+neither has them, computes them itself from the pivot's token ids without writing them: the pivot is one
+language of many, and the scores never depend on which of these happened.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -36,6 +46,8 @@ class LanguageTask:
     token_ids: list[list[int]] | None = None  # tokenized by the driver; else the worker tokenizes texts
     checkpoint_fingerprint: str = ""  # shared by every language of the checkpoint run with the same settings
     run_id: str = ""
+    pivot_token_ids: list[list[int]] | None = None  # to compute the pivot here when no one hands its states over
+    pivot_in_lake: bool = False  # the pivot's float32 states are in the lake: read them rather than compute
 
     @property
     def is_pivot(self) -> bool:
@@ -56,6 +68,10 @@ class LanguageResult:
     dtype: str = ""
     model_type: str = ""
     confirmed: list[WriteOutcome] = field(default_factory=list)  # earlier languages whose writes finished
+    host_bytes: int = 0  # bytes copied off the device for this language (what is kept, nothing else)
+    nan_states: dict[str, int] = field(default_factory=dict)  # method -> sentences whose state holds NaN
+    pivot_source: str = ""  # non-pivot languages: where the pivot's states came from (cache|shared|lake|computed)
+    finished_at: float = 0.0  # time.time() when the language's extraction and matching ended
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,7 @@ class WriteOutcome:
 
 
 PivotStates = dict[str, np.ndarray]  # method -> [n, layers, dim] float32
+WRITES_IN_FLIGHT = 2  # languages being written at once; more waits (host memory stays bounded)
 
 
 @dataclass(frozen=True)
@@ -76,9 +93,50 @@ class WorkerSettings:
     lake: str | Lake  # a Lake carries the driver's object-store settings to workers; a str uses the worker's
     batch_size: int = 16
     max_length: int | None = 512
-    state_dtype: str = "float32"
+    state_dtype: str = "float16"  # of stored states; the pivot's are stored as float32 (see the module docstring)
     store_states: bool = True
     store_similarity: bool = False  # the full O(n^2) cosine matrices too; `matches` (O(n)) is always written
+    batch_tokens: int | None = None  # padded tokens per batch (None: batch_size sentences); see batch_tokens_for
+
+
+def batch_tokens_for(setting: int | str | None, device: torch.device) -> int | None:
+    """`batch_tokens` as the extractor takes it: "auto" fills batches to DEFAULT_CUDA_BATCH_TOKENS padded tokens on
+    a GPU (fewer, larger launches) and keeps batch_size sentences on a CPU; 0 or None means batch_size."""
+    if setting == "auto":
+        return DEFAULT_CUDA_BATCH_TOKENS if device.type == "cuda" else None
+    return int(setting or 0) or None
+
+
+DEFAULT_CUDA_BATCH_TOKENS = 16384
+
+
+class HostCopy:
+    """Tensors on their way to host memory: on CUDA, pinned buffers filled on a side stream (overlapping the next
+    language's forward passes); `arrays()` waits for the copy. On a CPU, the tensors themselves."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        self._event = None
+        if not tensors or next(iter(tensors.values())).device.type != "cuda":
+            self._host = {k: t.detach() for k, t in tensors.items()}
+            return
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._host = {}
+            for k, t in tensors.items():
+                self._host[k] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                self._host[k].copy_(t, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record(stream)
+        self._sources = tensors  # alive until the copy is done
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        event = self._event  # read once: the writer thread and the caller may both ask
+        if event is not None:
+            event.synchronize()
+            self._sources = None
+        return {k: t.numpy() for k, t in self._host.items()}
 
 
 class LanguageWorker:
@@ -102,109 +160,154 @@ class LanguageWorker:
         self.load_s = time.perf_counter() - t0
         self.settings = settings
         self.lake = Lake(settings.lake)
-        self.extractor = StateExtractor(self.lm, settings.batch_size, settings.max_length)
-        self._pivot_id: int | None = None
-        self._pivot: dict[str, torch.Tensor] = {}
+        batch_tokens = batch_tokens_for(settings.batch_tokens, self.lm.device)
+        self.extractor = StateExtractor(self.lm, settings.batch_size, settings.max_length, batch_tokens=batch_tokens)
+        self._pivots: dict[tuple, dict[str, torch.Tensor]] = {}  # (model, checkpoint, pivot, fp) -> device states
         # Parquet writes run beside the next language's forward passes (pyarrow releases the GIL while it
-        # compresses); at most one is pending, and flush() waits for it.
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer")
-        self._pending: tuple[LanguageTask, Future] | None = None
+        # compresses); at most WRITES_IN_FLIGHT are pending, and collect() confirms them.
+        self._writer = ThreadPoolExecutor(max_workers=WRITES_IN_FLIGHT, thread_name_prefix="lake-writer")
+        self._pending: deque[tuple[LanguageTask, Future]] = deque()
         self.write_s = 0.0
+        self._write_s_lock = threading.Lock()
 
     def close(self) -> None:
-        """Release the model's hooks (its memory goes with the last reference)."""
-        self.extractor.close()
+        """Drop the cached pivot states (device memory); hooks live for one extraction call only."""
+        self._pivots.clear()
 
-    def describe(self) -> dict:
-        return {
-            "device": str(self.lm.device),
-            "dtype": str(self.lm.dtype).removeprefix("torch."),
-            "model_type": self.lm.model_type,
-            "n_layers": len(self.lm.blocks),
-            "load_s": self.load_s,
-        }
+    @staticmethod
+    def _pivot_key(task: LanguageTask) -> tuple:
+        return (task.model_name, task.checkpoint, task.pivot, task.checkpoint_fingerprint)
 
-    def _use_pivot(self, pivot: PivotStates) -> None:
-        """Keep the pivot's states on the device; the same object is reused across languages."""
-        if self._pivot_id != id(pivot):
-            self._pivot = {m: torch.from_numpy(np.array(a)).to(self.lm.device) for m, a in pivot.items()}
-            self._pivot_id = id(pivot)
+    def has_pivot(self, task: LanguageTask) -> bool:
+        """Whether this worker holds the task's pivot states on its device (then none need to be sent)."""
+        return self._pivot_key(task) in self._pivots
+
+    def _pivot_for(self, task: LanguageTask, pivot: PivotStates | None) -> tuple[dict[str, torch.Tensor], str]:
+        """The pivot's float32 states on this device, and where they came from."""
+        key = self._pivot_key(task)
+        if key in self._pivots:
+            return self._pivots[key], "cache"
+        source = "shared"
+        if pivot is None and task.pivot_in_lake:
+            try:
+                pivot, source = self.lake.read_states(task.model_name, task.checkpoint, task.pivot), "lake"
+            except Exception as e:  # unreadable: compute it instead (the lake check reports the file)
+                log.warning("%s: the pivot's stored states could not be read (%s); computing them", task.lang, e)
+        if pivot is not None:
+            states = {m: torch.from_numpy(np.asarray(a, dtype=np.float32)).to(self.lm.device) for m, a in pivot.items()}
+        elif task.pivot_token_ids is not None:
+            log.info("%s @ %s: computing the pivot's states on this actor", task.model_name, task.checkpoint)
+            extracted = self.extractor.extract_ids(task.pivot_token_ids)
+            states, source = {m: extracted.state(m).float() for m in METHODS}, "computed"
+        else:
+            raise ValueError(f"language {task.lang!r} needs the pivot {task.pivot!r} states")
+        self._pivots = {key: states}  # one checkpoint's pivot at a time
+        return states, source
 
     def process(
-        self, task: LanguageTask, pivot: PivotStates | None = None
+        self, task: LanguageTask, pivot: PivotStates | None = None, share_pivot: bool = True
     ) -> tuple[LanguageResult, PivotStates | None]:
-        """Extract one language and write its tables. Returns the states too when it is the pivot."""
+        """Extract one language and write its tables. The pivot returns its states too when share_pivot (other
+        actors need them); every later language of the checkpoint on this worker uses them from the device."""
         t0 = time.perf_counter()
         if task.token_ids is not None:
             states = self.extractor.extract_ids(task.token_ids)
         else:
             states = self.extractor.extract(task.texts)
-        matrices: dict[str, np.ndarray] = {}
-        matches: dict[str, dict[str, np.ndarray]] = {}
-        if not task.is_pivot:
-            if pivot is None:
-                raise ValueError(f"language {task.lang!r} needs the pivot {task.pivot!r} states")
-            self._use_pivot(pivot)
+        matrices: dict[str, torch.Tensor] = {}
+        found: dict[str, torch.Tensor] = {}
+        pivot_source = ""
+        if task.is_pivot:
+            self._pivots = {self._pivot_key(task): {m: states.state(m).float() for m in METHODS}}
+        else:
+            pivot_states, pivot_source = self._pivot_for(task, pivot)
             for method in METHODS:
-                p = self._pivot[method]
+                p = pivot_states[method]
                 if p.shape[0] != len(task.texts):
                     raise ValueError(f"pivot has {p.shape[0]} sentences, {task.lang!r} has {len(task.texts)}")
                 C = cosine_matrices(p, states.state(method))
-                matches[method] = match_stats(C).numpy()
+                for name, value in match_stats(C).__dict__.items():
+                    found[f"{method}/{name}"] = value
                 if self.settings.store_similarity:
-                    matrices[method] = C.cpu().numpy()
-        host = {m: states.state(m).float().cpu().numpy() for m in METHODS}
-        for method, arr in host.items():
-            bad = int(np.isnan(arr).any(axis=-1).sum())
-            if bad:  # such a state never hits; say so rather than let a score drop silently
-                log.warning("%s: %d %s states hold NaN (the model produced NaN activations)", task.lang, bad, method)
+                    matrices[method] = C
+        # Only what is kept leaves the device: matches and counters always, states when stored or shared.
+        nan_rows = torch.stack([states.state(m).isnan().any(-1).sum() for m in METHODS])
+        small = HostCopy(
+            {**found, **{f"sim/{m}": c for m, c in matrices.items()}, "n_active": states.n_active}
+            | {"abs_sum": states.abs_sum, "nan_rows": nan_rows}
+        )
+        keep = self.settings.store_states or (task.is_pivot and share_pivot)
+        big = HostCopy({m: states.state(m).float() for m in METHODS} if keep else {})
         if self.lm.device.type == "cuda":
             torch.cuda.synchronize()
+        host_small = small.arrays()  # O(n x layers + layers x d_ff): wait for it here
+        nan_states = {m: int(k) for m, k in zip(METHODS, host_small.pop("nan_rows")) if k}
+        for method, bad in nan_states.items():  # such a state never hits; say so rather than let a score drop
+            log.warning("%s: %d %s states hold NaN (the model produced NaN activations)", task.lang, bad, method)
         extract_s = time.perf_counter() - t0
-        counters = (states.n_active.cpu().numpy(), states.abs_sum.cpu().numpy(), states.n_tokens, states.token_counts)
-        confirmed = self.collect()  # the previous language's files first: at most one write in flight
-        self._pending = (task, self._writer.submit(self._write, task, host, counters, (matches, matrices)))
+        counters = (host_small.pop("n_active"), host_small.pop("abs_sum"), states.n_tokens, states.token_counts)
+        matches: dict[str, dict[str, np.ndarray]] = {}
+        sims: dict[str, np.ndarray] = {}
+        for name, value in host_small.items():
+            head, _, tail = name.partition("/")
+            if head == "sim":
+                sims[tail] = value
+            else:
+                matches.setdefault(head, {})[tail] = value
+        confirmed = self.collect(wait_for_room=True)
+        future = self._writer.submit(self._write, task, big, counters, (matches, sims))
+        self._pending.append((task, future))
+        dims = {m: tuple(states.state(m).shape) for m in ("nas", "hidden")}
         result = LanguageResult(
             lang=task.lang,
             n_sentences=len(task.texts),
             n_tokens=states.n_tokens,
             extract_s=extract_s,
             write_s=0.0,  # written in the background: see flush()
-            n_layers=host["nas"].shape[1],
-            d_ff=host["nas"].shape[2],
-            d_model=host["hidden"].shape[2],
+            n_layers=dims["nas"][1],
+            d_ff=dims["nas"][2],
+            d_model=dims["hidden"][2],
             device=str(self.lm.device),
             dtype=str(self.lm.dtype).removeprefix("torch."),
             model_type=self.lm.model_type,
             confirmed=confirmed,
+            host_bytes=small.nbytes + big.nbytes,
+            nan_states=nan_states,
+            pivot_source=pivot_source,
+            finished_at=time.time(),
         )
-        return result, (host if task.is_pivot else None)
+        return result, (big.arrays() if task.is_pivot and share_pivot else None)
 
-    def collect(self) -> list[WriteOutcome]:
-        """Wait for the pending write, if any, and say how it ended (never raises)."""
-        if self._pending is None:
-            return []
-        (task, pending), self._pending = self._pending, None
-        try:
-            pending.result()
-            return [WriteOutcome(task.model_name, task.checkpoint, task.lang)]
-        except Exception as e:
-            return [WriteOutcome(task.model_name, task.checkpoint, task.lang, str(e).splitlines()[0] or repr(e))]
+    def collect(self, wait_for_room: bool = False) -> list[WriteOutcome]:
+        """Say how the finished writes ended (never raises). wait_for_room: first wait until fewer than
+        WRITES_IN_FLIGHT are pending; otherwise wait for every pending write."""
+        out = []
+        while self._pending and (
+            self._pending[0][1].done() or (not wait_for_room) or len(self._pending) >= WRITES_IN_FLIGHT
+        ):
+            task, pending = self._pending.popleft()
+            try:
+                pending.result()
+                out.append(WriteOutcome(task.model_name, task.checkpoint, task.lang))
+            except Exception as e:
+                out.append(WriteOutcome(task.model_name, task.checkpoint, task.lang, str(e).splitlines()[0] or repr(e)))
+        return out
 
     def flush(self) -> float:
-        """Wait for the pending write (raising its error, if any); return the seconds spent writing so far."""
+        """Wait for the pending writes (raising the first error, if any); return the seconds spent writing so far."""
         for outcome in self.collect():
             if outcome.error:
                 raise RuntimeError(outcome.error)
         return self.write_s
 
-    def _write(self, task: LanguageTask, host: dict, counters: tuple, pairs: tuple[dict, dict]) -> None:
+    def _write(self, task: LanguageTask, states: HostCopy, counters: tuple, pairs: tuple[dict, dict]) -> None:
         t0 = time.perf_counter()
         try:
-            self._write_tables(task, host, counters, pairs)
+            self._write_tables(task, states.arrays(), counters, pairs)
         except Exception as e:
             raise RuntimeError(f"writing language {task.lang!r} to the lake failed: {e}") from e
-        self.write_s += time.perf_counter() - t0
+        with self._write_s_lock:
+            self.write_s += time.perf_counter() - t0
 
     def _write_tables(self, task: LanguageTask, host: dict, counters: tuple, pairs: tuple[dict, dict]) -> None:
         """All of a language's tables, then its done marker (last: a rerun redoes a language cut short)."""
@@ -213,9 +316,11 @@ class LanguageWorker:
         matches, matrices = pairs
         written = []
         if self.settings.store_states:
-            table = states_table(*key, task.lang, task.sentence_ids, token_counts, host, self.settings.state_dtype)
+            # the pivot's states at full precision: a later run scores against exactly the pivot this one used
+            dtype = "float32" if task.is_pivot else self.settings.state_dtype
+            table = states_table(*key, task.lang, task.sentence_ids, token_counts, host, dtype)
             path = lake.language_file("sentence_states", *key, task.lang)
-            written.append(lake.write("sentence_states", table, path, state_dtype=self.settings.state_dtype))
+            written.append(lake.write("sentence_states", table, path, state_dtype=dtype))
         counts = neuron_counts_table(*key, task.lang, n_active, abs_sum, n_tokens)
         written.append(lake.write("neuron_counts", counts, lake.language_file("neuron_counts", *key, task.lang)))
         if matches:

@@ -18,7 +18,7 @@ def slow_worker(signal_dir: str, delay_s: float, fail_langs: tuple[str, ...] = (
     Languages in fail_langs raise inside the actor, as a language whose data breaks the model would."""
 
     class SlowWorker(LanguageWorker):
-        def process(self, task, pivot=None):
+        def process(self, task, pivot=None, **kwargs):
             import ray
 
             info = {
@@ -32,7 +32,7 @@ def slow_worker(signal_dir: str, delay_s: float, fail_langs: tuple[str, ...] = (
             if task.lang in fail_langs:
                 raise ValueError(f"language {task.lang!r}: sentence 3 has a token the model cannot embed")
             time.sleep(delay_s)
-            return super().process(task, pivot)
+            return super().process(task, pivot, **kwargs)
 
     return SlowWorker
 

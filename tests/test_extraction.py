@@ -6,7 +6,8 @@ import torch
 from reference import cosine_matrix, reference_states
 from tiny_models import CONFIGS, TEXTS, make_model
 
-from neuronxa_ray.extraction import METHODS, StateExtractor, cosine_matrices, position_weights
+from neuronxa_ray.extraction import METHODS, StateExtractor, position_weights
+from neuronxa_ray.scoring import cosine_matrices
 
 ARCHS = sorted(CONFIGS)
 
@@ -20,7 +21,6 @@ def test_fast_path_matches_float64_reference(arch):
     ref, ref_active, ref_abs, ref_tokens = reference_states(lm.model, lm.tokenizer, lm.hook_modules, texts)
     ex = StateExtractor(lm, batch_size=4)  # several batches, mixed lengths: padding in every batch
     got = ex.extract(texts)
-    ex.close()
     for method in METHODS:
         scale = np.abs(ref[method]).max()
         np.testing.assert_allclose(got.state(method).numpy(), ref[method], rtol=2e-6, atol=1e-6 * scale, err_msg=method)

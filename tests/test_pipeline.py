@@ -41,6 +41,7 @@ def tiny_job(tmp_path_factory):
         "lake": str(root / "lake"),
         "device": "cpu",
         "store_similarity": True,  # the full matrices too, so the cell-based path can check the device's decisions
+        "state_dtype": "float32",  # stored states compared with the float64 reference at float32 tolerance
     }
     return root, raw
 

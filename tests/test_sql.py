@@ -10,9 +10,8 @@ import scipy.stats
 import torch
 from reference import average_ranks, cosine_matrix, mutual_nn_score, retrieval_accuracy
 
-from neuronxa_ray.extraction import cosine_matrices
 from neuronxa_ray.lake import Lake, WrittenFile, matches_table, neuron_counts_table, similarity_table, states_table
-from neuronxa_ray.scoring import match_stats
+from neuronxa_ray.scoring import cosine_matrices, match_stats
 from neuronxa_ray.sql import connect
 
 MODEL, CKPT = "org/tiny-model", "main"
