@@ -15,7 +15,7 @@ from reference import reference_states
 from tiny_models import TEXTS, make_model, save_tiny
 
 from neuronxa_ray.extraction import METHODS, StateExtractor, plan_batches
-from neuronxa_ray.reduction import ffn_sums, pooled_sum
+from neuronxa_ray.reduction import ffn_sums
 
 
 def _activation(dtype, batch=3, seq=9, d_ff=40, seed=0):
@@ -65,7 +65,7 @@ def test_half_activation_is_never_copied_whole_to_float32():
     """The hook reduces a bf16 activation in float32 slices: no allocation as large as a float32 copy of it."""
     from torch.profiler import ProfilerActivity, profile
 
-    act, weights, mask = _activation(torch.bfloat16, batch=4, seq=64, d_ff=2048)
+    act, weights, _ = _activation(torch.bfloat16, batch=4, seq=64, d_ff=2048)
     full_float32 = act.numel() * 4
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         ffn_sums(act, weights, None)
@@ -154,11 +154,11 @@ def _counting_copies(monkeypatch) -> list[int]:
 def test_only_what_is_kept_leaves_the_device(tmp_path, monkeypatch, store_states):
     """Per language, without stored states: matches (n x layers) and counters (layers x d_ff) only, never the
     n x layers x d_ff states; with them, the states too."""
-    from neuronxa_ray.models import ModelSpec
-    from neuronxa_ray.worker import LanguageTask, LanguageWorker, WorkerSettings
-
     import transformers
     from tiny_models import make_tokenizer
+
+    from neuronxa_ray.models import ModelSpec
+    from neuronxa_ray.worker import LanguageTask, LanguageWorker, WorkerSettings
 
     torch.manual_seed(0)  # wide FFNs, as real models have (d_ff >> sentences): the two sizes differ clearly
     config = transformers.LlamaConfig(
