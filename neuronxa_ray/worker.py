@@ -238,8 +238,8 @@ class LanguageWorker:
         )
         keep = self.settings.store_states or (task.is_pivot and share_pivot)
         big = HostCopy({m: states.state(m).float() for m in METHODS} if keep else {})
-        if self.lm.device.type == "cuda":
-            torch.cuda.synchronize()
+        if self.lm.device.type == "cuda":  # the compute stream only: the states' copy overlaps what comes next
+            torch.cuda.current_stream().synchronize()
         host_small = small.arrays()  # O(n x layers + layers x d_ff): wait for it here
         nan_states = {m: int(k) for m, k in zip(METHODS, host_small.pop("nan_rows")) if k}
         for method, bad in nan_states.items():  # such a state never hits; say so rather than let a score drop
