@@ -61,7 +61,7 @@ def _error(capsys, argv) -> tuple[int, str, float]:
     ("field", "value", "expected"),
     [
         ("trust_remote_code", "false", "'trust_remote_code' = 'false': must be true or false"),
-        ("store_states", "no", "'store_states' = 'no': must be true or false"),
+        ("store_states", "no", "'store_states' = 'no': must be true, false or 'auto'"),  # auto: the default
         ("max_length", True, "'max_length' = True: must be a whole number or null"),
         ("device", 0, "'device' = 0: must be a string"),
         ("lake", 5, "'lake' = 5: must be a string"),
