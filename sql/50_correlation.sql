@@ -59,7 +59,7 @@ coefficients AS (
     SELECT
         g,
         count(*) AS n,
-        clip_corr(corr(x, y)) AS pearson,
+        clip_corr(corr(x, y ORDER BY x, y)) AS pearson,  -- ordered: the same sum, bit for bit, every query
         clip_corr(CAST(sum(x_dev * y_dev) AS DOUBLE)
                   / sqrt(CAST(sum(x_dev * x_dev) AS DOUBLE) * CAST(sum(y_dev * y_dev) AS DOUBLE))) AS spearman
     FROM ranked
