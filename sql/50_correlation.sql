@@ -27,7 +27,7 @@ JOIN benchmarks AS b
 LEFT JOIN latest_runs AS r ON r.model = s.model AND r.checkpoint = s.checkpoint
 QUALIFY row_number() OVER (
     PARTITION BY s.model, s.checkpoint, s.method, s.pivot_lang, b.benchmark, s.lang
-    ORDER BY b.checkpoint IS NOT NULL DESC, b.model IS NOT NULL DESC, b.lang, b.value DESC, b.task, b.metric
+    ORDER BY b.checkpoint IS NOT NULL DESC, b.model IS NOT NULL DESC, b.lang, b.value DESC
 ) = 1;
 
 -- clip_corr(c): a coefficient clipped into [-1, 1] (rounding can leave it just outside, scipy clips the same
