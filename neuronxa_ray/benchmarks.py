@@ -250,8 +250,11 @@ def describe(key: tuple) -> str:
 
 
 def _same(a: float | None, b: float | None) -> bool:
-    if a is None or b is None or math.isnan(a) or math.isnan(b):
-        return a is b or (a is not None and b is not None and math.isnan(a) and math.isnan(b))
+    """Whether two stored values are one value (equal up to float rounding; NULL and NaN equal only themselves)."""
+    if a is None or b is None:
+        return a is b
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
     return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
 
 
@@ -331,9 +334,10 @@ def _lake_languages(lake: Lake) -> set[str]:
     return found
 
 
-def check_rows(table: pa.Table, source: str, where: list[str], lake: Lake | None = None) -> pa.Table:
+def check_rows(table: pa.Table, source: str, where: list[str], lake: Lake | None = None) -> tuple[pa.Table, list[str]]:
     """The rows of one import, checked: every language code known (or one the lake holds scores for), one value
-    per identity (an exact repeat is dropped; two values are an error naming both). where[i]: row i's place."""
+    per identity (an exact repeat is dropped; two values are an error naming both). where[i]: row i's place.
+    Returns the rows kept and their places."""
     rows = table.to_pylist()
     unknown = [(r["lang"], where[i]) for i, r in enumerate(rows) if not parse(r["lang"]).known]
     if unknown and lake is not None and lake.exists():
@@ -360,7 +364,9 @@ def check_rows(table: pa.Table, source: str, where: list[str], lake: Lake | None
             )
         else:
             log.info("%s: %s repeats %s with the same value; stored once", source, where[i], where[j])
-    return table.take(pa.array(keep, pa.int64())) if len(keep) < len(rows) else table
+    if len(keep) == len(rows):
+        return table, where
+    return table.take(pa.array(keep, pa.int64())), [where[i] for i in keep]
 
 
 # ------------------------------------------------------------------------------------------------ the import
@@ -438,7 +444,7 @@ def import_benchmarks(
         where = [_where(src, i) for i in range(table.num_rows)]
     lake = Lake(lake_root)
     lake.check_writable()  # a missing bucket or bad credentials fail here, as `run` does
-    table = check_rows(table, str(src), where, lake)
+    table, where = check_rows(table, str(src), where, lake)
     new = {row_key(r): r for r in table.to_pylist()}
     stored = _stored(lake)
     notes: list[str] = []

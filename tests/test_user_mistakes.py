@@ -105,6 +105,10 @@ def test_conflicts_across_imports_are_refused_unless_replace(tmp_path, capsys):
     # the same import again: no conflict, no new file
     assert main(["import-benchmarks", str(second), "--lake", str(lake)]) == 0
     assert len(list((lake / "benchmarks").glob("*.parquet"))) == 2
+    # a repeat stored once does not shift the line the message names
+    third = _csv(tmp_path / "third.csv", [("xnli", "fr", 0.9), ("xnli", "fra", 0.9), ("xnli", "deu", 0.7)])
+    code, line = _error(capsys, ["import-benchmarks", str(third), "--lake", str(lake)])
+    assert code == 2 and "xnli de" in line and "0.4 in" in line and "0.7 in" in line and "(line 4)" in line
 
 
 def _lm_eval(path: Path, model: str, values: dict[str, float]) -> Path:
