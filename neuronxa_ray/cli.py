@@ -297,13 +297,13 @@ def print_scores(con, model=None, checkpoint=None, pivot=None, per_layer=False, 
             file=out,
         )
         if per_layer:
-            shown = [METHOD_LABELS[x] for x in methods]
-            ffn = [label for x, label in zip(methods, shown) if x not in HIDDEN_METHODS]
-            hidden = [label for x, label in zip(methods, shown) if x in HIDDEN_METHODS]
-            parts = [f"{'/'.join(ffn)}: FFN neurons inside block i"] if ffn else []
-            parts += [f"{'/'.join(hidden)}: hidden state after block i (layer i+1; 'embeddings' = layer 0)"] * bool(
-                hidden
-            )
+            ffn = [METHOD_LABELS[x] for x in methods if x not in HIDDEN_METHODS]
+            hidden = [METHOD_LABELS[x] for x in methods if x in HIDDEN_METHODS]
+            parts = []
+            if ffn:
+                parts.append(f"{'/'.join(ffn)}: FFN neurons inside block i")
+            if hidden:
+                parts.append(f"{'/'.join(hidden)}: hidden state after block i (layer i+1; 'embeddings' = layer 0)")
             print(f"block i: {'; '.join(parts)}; '-': the method has no such layer", file=out)
         lines = [head]
         for cell in sorted(cells):

@@ -65,8 +65,7 @@ def _unique_names(checkpoints: list[Checkpoint], where: str) -> None:
         if other is not c:
             raise NeuronxaError(
                 f"{where}: checkpoint names must be unique: {other.model!r} and {c.model!r} would both be stored as "
-                f"checkpoint {c.name!r}; give "
-                "them distinct names (a list of {name, path}) or a pattern that matches one of them"
+                f"checkpoint {c.name!r}; give them distinct names (a list of {{name, path}}) or a narrower pattern"
             )
 
 
