@@ -12,6 +12,14 @@ log = logging.getLogger("neuronxa_ray")
 
 METHOD_ORDER = ("nas", "nav", "hidden", "hidden_last")
 METHOD_LABELS = {"nas": "NASCA", "nav": "NAVCA", "hidden": "MEXA", "hidden_last": "MEXA-last"}
+HIDDEN_METHODS = ("hidden", "hidden_last")  # their `layer` indexes hidden_states: 0 = embeddings, i+1 = block i
+EMBEDDINGS = -1  # the block column's value for the embeddings (hidden_states[0])
+
+
+def block_of(method: str, layer: int) -> int:
+    """The transformer block a per-layer score belongs to: FFN methods' layer i is block i; hidden-state methods'
+    layer i + 1 is the output of block i, their layer 0 the embeddings (EMBEDDINGS)."""
+    return layer - 1 if method in HIDDEN_METHODS else layer
 
 
 def _lake_arg(p: argparse.ArgumentParser) -> None:
@@ -24,6 +32,28 @@ def _codes(text: str) -> list[str]:
     if not codes:
         raise argparse.ArgumentTypeError(f"{text!r}: expected language codes such as fra,deu")
     return codes
+
+
+def _seconds(minimum: float, strict: bool):
+    """An argparse type: a number of seconds > minimum (strict) or >= minimum."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if value != value or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {'>' if strict else '>='} {minimum:g} seconds")
+        return value
+
+    return parse
+
+
+def _name(text: str) -> str:
+    """A non-empty name (an empty --model would be stored as a model no score has)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (leave the option out instead)")
+    return text
 
 
 def _job_overrides(p: argparse.ArgumentParser) -> None:
@@ -53,9 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="evaluate a training run's checkpoints as they appear")
     watch.add_argument("job", metavar="JOB.yaml", help="job whose checkpoints are a list or {glob: PATTERN}")
     _job_overrides(watch)
-    watch.add_argument("--interval", type=float, default=30.0, help="seconds between polls (default 30)")
+    watch.add_argument("--interval", type=_seconds(0, True), default=30.0, help="seconds between polls (default 30)")
     watch.add_argument(
-        "--settle", type=float, default=60.0, help="a checkpoint counts once unchanged this many seconds (60)"
+        "--settle",
+        type=_seconds(0, False),
+        default=60.0,
+        help="a checkpoint counts once unchanged this many seconds (60)",
     )
     watch.add_argument("--until-step", type=int, help="stop once a checkpoint at or past this step is done")
 
@@ -82,10 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="table with columns benchmark, lang, value (optional model, checkpoint), or an lm-evaluation-harness "
         "results*.json, or a directory searched for them",
     )
-    imp.add_argument("--name", help="name of the stored file (default: the input's stem)")
+    imp.add_argument(
+        "--name",
+        type=_name,
+        help="name of the stored file (default: the input's stem, made distinct from other imports)",
+    )
     imp.add_argument("--metric", help="lm-eval metric (acc_norm, or a key such as exact_match,flexible-extract)")
-    imp.add_argument("--model", help="model the results belong to (default: any; @results: lm-eval's own name)")
-    imp.add_argument("--checkpoint", help="checkpoint they belong to (default: any; @results: lm-eval's revision)")
+    imp.add_argument(
+        "--model", type=_name, help="model the results belong to (default: any; @results: lm-eval's own name)"
+    )
+    imp.add_argument(
+        "--checkpoint", type=_name, help="checkpoint they belong to (default: any; @results: lm-eval's revision)"
+    )
+    imp.add_argument(
+        "--replace",
+        action="store_true",
+        help="new values win over stored ones for the same benchmark, language, model and checkpoint (reported)",
+    )
 
     lake = sub.add_parser("lake", help="maintain the lake")
     lake_sub = lake.add_subparsers(dest="lake_command", required=True)
@@ -240,17 +286,30 @@ def print_scores(con, model=None, checkpoint=None, pivot=None, per_layer=False, 
     blocks: dict[tuple, dict[tuple, dict[str, float]]] = {}
     for row in rows:
         key, cell, method, score = row[:3], row[3:-2], row[-2], row[-1]
+        if per_layer:  # one row per transformer block: FFN block i beside the hidden state after block i
+            cell = (cell[0], block_of(method, cell[1]))
         blocks.setdefault(key, {}).setdefault(cell, {})[method] = score
     for (m, c, p), cells in sorted(blocks.items()):
         methods = [x for x in METHOD_ORDER if any(x in v for v in cells.values())]
-        head = ["lang", *(["layer"] if per_layer else []), *(METHOD_LABELS[x] for x in methods)]
+        head = ["lang", *(["block"] if per_layer else []), *(METHOD_LABELS[x] for x in methods)]
         print(
             f"\n{m} @ {c}, pivot {p}: {'per-layer' if per_layer else 'mean over layers'} alignment score",
             file=out,
         )
+        if per_layer:
+            ffn = [METHOD_LABELS[x] for x in methods if x not in HIDDEN_METHODS]
+            hidden = [METHOD_LABELS[x] for x in methods if x in HIDDEN_METHODS]
+            parts = []
+            if ffn:
+                parts.append(f"{'/'.join(ffn)}: FFN neurons inside block i")
+            if hidden:
+                parts.append(f"{'/'.join(hidden)}: hidden state after block i (layer i+1; 'embeddings' = layer 0)")
+            print(f"block i: {'; '.join(parts)}; '-': the method has no such layer", file=out)
         lines = [head]
         for cell in sorted(cells):
-            lines.append([*map(str, cell), *(f"{cells[cell].get(x, float('nan')):.3f}" for x in methods)])
+            label = [cell[0], "embeddings" if cell[1] == EMBEDDINGS else str(cell[1])] if per_layer else list(cell)
+            values = [cells[cell].get(x) for x in methods]
+            lines.append([*label, *("-" if v is None else f"{v:.3f}" for v in values)])
         if not per_layer:
             means = [sum(cells[cell].get(x, 0.0) for cell in cells) / len(cells) for x in methods]
             lines.append(["mean", *(f"{v:.3f}" for v in means)])
@@ -276,6 +335,23 @@ def _explain_no_scores(con, model, checkpoint, pivot, out) -> None:
     print("no scores match these filters together", file=out)
 
 
+def _check_output(path: str, flag: str, directory: bool = False, example: str = "out") -> None:
+    """An output path the command can write, before any work: a file (or, for `directory`, a folder) whose
+    nearest existing parent is a folder."""
+    from neuronxa_ray.errors import NeuronxaError
+
+    p = Path(path)
+    if directory and p.exists() and not p.is_dir():
+        raise NeuronxaError(f"{flag} {path!r} is a file, not a directory (name a directory to write figures into)")
+    if not directory and p.is_dir():
+        raise NeuronxaError(f"{flag} {path!r} is a directory: name a file to write (such as {str(p / example)!r})")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NeuronxaError(f"{flag} {path!r}: {str(parent)!r} is a file, not a directory")
+            break
+
+
 def _lake_dir(args) -> str:
     return args.lake or "lake"
 
@@ -284,7 +360,10 @@ def _check_lake(path: str) -> None:
     from neuronxa_ray.errors import NeuronxaError
     from neuronxa_ray.lake import Lake
 
-    if not Lake(path).exists():
+    lake = Lake(path)
+    if lake.storage.is_local and Path(lake.uri).is_file():
+        raise NeuronxaError(f"lake {path!r} is a file, not a lake directory (pass --lake DIR)")
+    if not lake.exists():
         raise NeuronxaError(f"lake {path!r} does not exist (run a job first, or pass --lake DIR)")
 
 
@@ -294,7 +373,17 @@ def cmd_sql(args) -> int:
 
     if bool(args.query) == bool(args.file):
         raise NeuronxaError("give either a SQL query or -f FILE")
-    query = Path(args.file).read_text(encoding="utf-8") if args.file else args.query
+    if args.file:
+        try:
+            query = Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise NeuronxaError(
+                f"-f {args.file!r}: cannot read the SQL file ({getattr(e, 'strerror', None) or e})"
+            ) from e
+    else:
+        query = args.query
+    if args.output:
+        _check_output(args.output, "-o")
     lake = _lake_dir(args)
     _check_lake(lake)
     con = connect(lake)
@@ -358,8 +447,12 @@ def cmd_scores(args) -> int:
 def cmd_import_benchmarks(args) -> int:
     from neuronxa_ray.benchmarks import import_benchmarks
 
-    table, path = import_benchmarks(_lake_dir(args), args.file, args.name, args.metric, args.model, args.checkpoint)
-    print(f"{table.num_rows} rows -> {path}", file=sys.stderr)
+    done = import_benchmarks(
+        _lake_dir(args), args.file, args.name, args.metric, args.model, args.checkpoint, replace=args.replace
+    )
+    for note in done.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{done.table.num_rows} rows -> {done.uri}", file=sys.stderr)
     return 0
 
 
@@ -368,6 +461,9 @@ def cmd_report(args) -> int:
 
     lake = _lake_dir(args)
     _check_lake(lake)
+    _check_output(args.output, "-o", example="report.html")
+    if args.figures:
+        _check_output(args.figures, "--figures", directory=True)
     report = write_report(lake, args.output, args.model, args.checkpoint, args.figures, args.figure_format)
     for line in report.missing:
         print(f"note: {line}", file=sys.stderr)

@@ -51,9 +51,22 @@ class CheckpointGlob:
     pattern: str
 
     def resolve(self) -> list[Checkpoint]:
-        found = [Path(p) for p in glob.glob(self.pattern) if Path(p).is_dir()]
+        found = [Path(p) for p in sorted(glob.glob(self.pattern)) if Path(p).is_dir()]
         out = [Checkpoint(name=p.name, model=str(p.resolve()), step=step_from_name(p.name)) for p in found]
+        _unique_names(out, f"checkpoints glob {self.pattern!r}")
         return sorted(out, key=lambda c: (c.step is None, c.step or 0, c.name))
+
+
+def _unique_names(checkpoints: list[Checkpoint], where: str) -> None:
+    """Checkpoints are stored under their names: two that share one would overwrite each other's results."""
+    seen: dict[str, Checkpoint] = {}
+    for c in checkpoints:
+        other = seen.setdefault(c.name, c)
+        if other is not c:
+            raise NeuronxaError(
+                f"{where}: checkpoint names must be unique: {other.model!r} and {c.model!r} would both be stored as "
+                f"checkpoint {c.name!r}; give them distinct names (a list of {{name, path}}) or a narrower pattern"
+            )
 
 
 def step_from_name(name: str) -> int | None:
@@ -264,6 +277,8 @@ def job_from_dict(raw: dict[str, Any], source: str = "<job>", overrides: dict[st
     for sub in ("path", "ext"):
         if sub in data and (not isinstance(data[sub], str) or not data[sub]):
             raise _err(source, f"data.{sub}", data[sub], "must be a non-empty string")
+    if isinstance(data.get("ext"), str) and not data["ext"].startswith("."):
+        raise _err(source, "data.ext", data["ext"], f"must start with a dot, such as {'.' + data['ext']!r}")
     if data.get("format") not in (None, "tsv", "jsonl"):
         raise _err(source, "data.format", data["format"], "must be 'tsv' or 'jsonl' (or absent for a directory)")
     kwargs = {k: v for k, v in raw.items() if k not in ("data", "checkpoints")}
@@ -285,6 +300,8 @@ def _validate(job: JobConfig) -> None:
             raise _err(s, "languages", job.languages, "must name at least one language (leave it out for all)")
         if not all(job.languages):
             raise _err(s, "languages", job.languages, "language codes must be non-empty")
+        if set(job.languages) <= {job.pivot}:
+            raise _err(s, "languages", job.languages, f"names only the pivot {job.pivot!r}: add a language to compare")
     for key in ("n_sentences", "batch_size", "max_attempts", "gpus_per_actor"):
         if getattr(job, key) < 1:
             raise _err(s, key, getattr(job, key), "must be a whole number >= 1")
@@ -317,9 +334,7 @@ def _validate(job: JobConfig) -> None:
     if not job.lake:
         raise _err(s, "lake", job.lake, "must be a directory or a URI such as s3://bucket/prefix")
     if not isinstance(job.checkpoints, CheckpointGlob):
-        names = [c.name for c in job.resolved_checkpoints()]
-        if len(set(names)) != len(names):
-            raise _err(s, "checkpoints", names, "checkpoint names must be unique")
+        _unique_names(job.resolved_checkpoints(), f"{s}: field 'checkpoints'")
 
 
 def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:

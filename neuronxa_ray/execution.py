@@ -758,6 +758,13 @@ def _code_version() -> str:
     return f"{__version__}+{sha}" if sha else __version__
 
 
+class _RayAuthNotice(logging.Filter):
+    """Drops Ray's notice that token authentication is on by default (once per process is plenty: never)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
+
+
 def _init_ray(address: str | None):
     import ray
 
@@ -770,6 +777,9 @@ def _init_ray(address: str | None):
             # A local Ray we start ourselves: the actors do the work, so they should not run at a lower priority
             # (Ray's default worker niceness is 15) than Ray's own housekeeping processes on a busy machine.
             kwargs["_system_config"] = {"worker_niceness": 0}
+            # Ray enables token authentication for a new local cluster and says so on every start: a notice, not
+            # news, in every run's output (RAY_AUTH_MODE still decides; its other messages pass).
+            logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_RayAuthNotice())
         ray.init(
             address=address,
             include_dashboard=False,
@@ -870,7 +880,7 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
     plans = [p for p in all_plans if p.todo]
     _tidy_finished(all_plans, run_id)
     if not plans:
-        log.info("every language of every checkpoint is already in the lake; nothing to do")
+        log.debug("every language of every checkpoint is already in the lake; nothing to do")  # the CLI says it
         _compute_pairs(all_plans)
         return RunReport(run_id, [], [], 0, 0, time.perf_counter() - t_start)
     for job in {id(p.job): p.job for p in plans}.values():

@@ -17,7 +17,10 @@ import json
 import logging
 import os
 import shutil
+import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,6 +295,32 @@ def needs_conversion(spec: ModelSpec) -> bool:
     return bool(gguf_file) and not (gguf_cache_path(source, gguf_file) / "config.json").is_file()
 
 
+@contextmanager
+def quiet_progress(gguf: bool = False) -> Iterator[None]:
+    """transformers' progress bars (weight loading; with gguf, de-quantising) only on a terminal: in a log file or
+    CI output each redraw would be a line of its own."""
+    if sys.stderr.isatty():
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    gguf_utils = None
+    if gguf:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:  # its de-quantising bar is a plain tqdm, outside transformers' switch
+        gguf_utils.tqdm = lambda *args, **kwargs: bar(*args, **{**kwargs, "disable": True})
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def materialize_gguf(directory: str, gguf_file: str) -> Path:
     """De-quantise a GGUF checkpoint once into a cached transformers directory; return that directory."""
     path = Path(directory) / gguf_file
@@ -302,8 +331,9 @@ def materialize_gguf(directory: str, gguf_file: str) -> Path:
     from transformers import AutoModel, AutoTokenizer
 
     log.info("de-quantising %s once into %s", path, target)
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
-    model = AutoModel.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
+    with quiet_progress(gguf=True):
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+        model = AutoModel.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
     tmp.mkdir(parents=True)
     try:
@@ -441,7 +471,8 @@ def load_model(spec: ModelSpec, with_tokenizer: bool = True, host_only: bool = F
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a base model from a causal-LM checkpoint: no "unexpected lm_head" report
     try:
-        model = AutoModel.from_pretrained(source, dtype=dtype, **kwargs)
+        with quiet_progress():
+            model = AutoModel.from_pretrained(source, dtype=dtype, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
     if host_only:

@@ -55,6 +55,11 @@ class ParallelCorpus:
                 len(self.ids),
             )
             n = len(self.ids)
+        if len(self.ids) < 2:
+            raise NeuronxaError(
+                f"{self.source}: {len(self.ids)} sentence(s) per language; scores compare sentences with each "
+                "other (need >= 2)"
+            )
         return ParallelCorpus(self.ids[:n], {lang: self.sentences[lang][:n] for lang in keep}, self.source)
 
 
@@ -113,6 +118,8 @@ def read_directory(path: str | Path, ext: str = ".txt") -> ParallelCorpus:
             + (f", the other {len(lengths) - len(shown)} have {common}" if len(shown) < len(lengths) else "")
         )
     n = next(iter(lengths.values()))
+    if n == 0:
+        raise NeuronxaError(f"{root}: every {ext} file is empty (line i of each file holds parallel sentence i)")
     return ParallelCorpus([str(i) for i in range(n)], sentences, str(root))
 
 

@@ -546,7 +546,9 @@ def _layers_section(con, charts: _Charts, scope: Scope) -> list[Section]:
         "layers",
         "Alignment per layer",
         "Share of parallel sentence pairs that are mutual nearest neighbours, per layer. NASCA / NAVCA use FFN "
-        "neuron states (binary / absolute activations), MEXA uses hidden states (layer 0 = embeddings). Thick "
+        "neuron states (binary / absolute activations) of FFN block i at layer i; MEXA uses hidden states, where "
+        "layer 0 is the embeddings and layer i + 1 the output of block i (one layer more, so each method has its "
+        "own panel and axis). Thick "
         "line: mean over languages; grey: each language (hover); pick a language to highlight it.",
     )
     heat = Section(
@@ -761,14 +763,10 @@ def _correlation_section(con, charts: _Charts, scope: Scope) -> Section | None:
                 [model, ckpt],
             )
         }
-        pairs = _records(
+        pairs = _records(  # the view's points: languages meet on canonical codes (fr = fra), one value each
             con,
-            """SELECT s.method, s.pivot_lang, b.benchmark, s.lang, s.score_mean AS score, b.value
-               FROM alignment_summary AS s
-               JOIN benchmarks AS b
-                 ON b.lang = s.lang AND (b.model IS NULL OR b.model = s.model)
-                AND (b.checkpoint IS NULL OR b.checkpoint = s.checkpoint)
-               WHERE s.model = ? AND s.checkpoint = ? ORDER BY ALL""",
+            """SELECT method, pivot_lang, benchmark, lang, score, value FROM benchmark_pairs
+               WHERE model = ? AND checkpoint = ? ORDER BY ALL""",
             [model, ckpt],
         )
         for pivot, bench in sorted({(r["pivot_lang"], r["benchmark"]) for r in pairs}):
@@ -986,7 +984,7 @@ def build_report(
         ("matrix", lambda: _matrix_section(con, charts, scope, views), ("alignment_summary",)),
         ("training", lambda: _training_section(con, charts, scope), ("training_curve",)),
         ("retrieval", lambda: _retrieval_section(con, charts, scope), ("retrieval",)),
-        ("correlation", lambda: _correlation_section(con, charts, scope), ("correlation",)),
+        ("correlation", lambda: _correlation_section(con, charts, scope), ("correlation", "benchmark_pairs")),
         ("neurons", lambda: _neurons_section(con, charts, scope, views), ("language_specific_neurons",)),
         ("runs", lambda: _runs_section(con, charts, scope), ("runs",)),
     ]
@@ -1009,7 +1007,7 @@ def build_report(
     if not any(s.id == "correlation" for s in sections):
         log.info("no benchmarks in the lake: no correlation section")
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    return Report(str(root), created, sections, missing, charts.datasets)
+    return Report(root.uri, created, sections, missing, charts.datasets)
 
 
 RAW_VIEWS = ("runs", "benchmarks", "matches", "similarity", "sentence_states", "neuron_counts", "attempts")

@@ -5,7 +5,7 @@
 
 CREATE OR REPLACE VIEW latest_runs AS
 SELECT * FROM runs
-QUALIFY row_number() OVER (PARTITION BY model, checkpoint ORDER BY finished_at DESC) = 1;
+QUALIFY row_number() OVER (PARTITION BY model, checkpoint ORDER BY finished_at DESC, run_id DESC) = 1;
 
 -- training_curve(model, checkpoint, step, method, pivot, lang, score_mean): ordered by step when the job gave
 -- steps, by checkpoint name otherwise; lang '*' is the mean over the run's languages.

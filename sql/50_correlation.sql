@@ -11,7 +11,9 @@
 
 -- benchmark_pairs: one (alignment score, benchmark value) point per model, checkpoint, method, pivot, benchmark
 -- and language. Where several benchmark rows fit one score, the most specific wins (a row for this model and
--- checkpoint over a row for this model over a row for any model), then the benchmark's own code in name order.
+-- checkpoint over a row for this model over a row for any model), then the benchmark's own code in name order,
+-- then (rows an import refuses today, but an older lake may hold: two values for one identity) the larger value,
+-- so the same query over the same lake always gives the same answer.
 CREATE OR REPLACE VIEW benchmark_pairs AS
 SELECT
     s.model, s.checkpoint, r.step, s.method, s.pivot_lang, b.benchmark, s.lang, b.lang AS benchmark_lang,
@@ -25,7 +27,7 @@ JOIN benchmarks AS b
 LEFT JOIN latest_runs AS r ON r.model = s.model AND r.checkpoint = s.checkpoint
 QUALIFY row_number() OVER (
     PARTITION BY s.model, s.checkpoint, s.method, s.pivot_lang, b.benchmark, s.lang
-    ORDER BY b.checkpoint IS NOT NULL DESC, b.model IS NOT NULL DESC, b.lang
+    ORDER BY b.checkpoint IS NOT NULL DESC, b.model IS NOT NULL DESC, b.lang, b.value DESC
 ) = 1;
 
 -- clip_corr(c): a coefficient clipped into [-1, 1] (rounding can leave it just outside, scipy clips the same
@@ -57,7 +59,7 @@ coefficients AS (
     SELECT
         g,
         count(*) AS n,
-        clip_corr(corr(x, y)) AS pearson,
+        clip_corr(corr(x, y ORDER BY x, y)) AS pearson,  -- ordered: the same sum, bit for bit, every query
         clip_corr(CAST(sum(x_dev * y_dev) AS DOUBLE)
                   / sqrt(CAST(sum(x_dev * x_dev) AS DOUBLE) * CAST(sum(y_dev * y_dev) AS DOUBLE))) AS spearman
     FROM ranked
