@@ -29,8 +29,9 @@ GROUP BY ALL;
 -- pivot_to_lang_ci_low, pivot_to_lang_ci_high, lang_to_pivot_mean, lang_to_pivot_ci_low, lang_to_pivot_ci_high,
 -- n_layers, n_sentences, level, resamples, seed). score_mean equals alignment_summary's (to rounding), the two
 -- *_mean the layer means of retrieval's accuracy (alignment_matrix's pivot_to_lang_mean / lang_to_pivot_mean).
+-- alignment_interval_of(hits_view, level, resamples, seed) computes it from a relation shaped as sentence_hits.
 -- Grain: (model, checkpoint, method, pivot_lang, lang).
-CREATE OR REPLACE MACRO alignment_interval_at(level := 0.95, resamples := 1000, seed := 0) AS TABLE
+CREATE OR REPLACE MACRO alignment_interval_of(hits_view, level, resamples, seed) AS TABLE
 WITH per_language AS (
     SELECT
         model, checkpoint, method, pivot_lang, lang,
@@ -39,7 +40,7 @@ WITH per_language AS (
         list(mutual_hits ORDER BY sentence) AS mutual,
         list(pivot_to_lang_hits ORDER BY sentence) AS pivot_to_lang,
         list(lang_to_pivot_hits ORDER BY sentence) AS lang_to_pivot
-    FROM sentence_hits
+    FROM query_table(hits_view)
     GROUP BY ALL
 ),
 resampled AS (
@@ -59,6 +60,9 @@ SELECT
     CAST(level AS DOUBLE) AS level, CAST(resamples AS INTEGER) AS resamples, CAST(seed AS BIGINT) AS seed
 FROM resampled;
 
+CREATE OR REPLACE MACRO alignment_interval_at(level := 0.95, resamples := 1000, seed := 0) AS TABLE
+SELECT * FROM alignment_interval_of('sentence_hits', level, resamples, seed);
+
 -- alignment_interval: alignment_interval_at() at its defaults (95%, 1,000 resamples, seed 0).
 -- Grain: (model, checkpoint, method, pivot_lang, lang).
 CREATE OR REPLACE VIEW alignment_interval AS SELECT * FROM alignment_interval_at();
@@ -68,8 +72,9 @@ CREATE OR REPLACE VIEW alignment_interval AS SELECT * FROM alignment_interval_at
 -- (sentence i is the same text in every language). Over the sentences that every language of the group has.
 -- (model, checkpoint, method, pivot_lang, lang = '*', score_mean, score_ci_low, score_ci_high, the same for
 -- pivot_to_lang and lang_to_pivot, n_layers, n_sentences, n_languages, level, resamples, seed).
+-- language_mean_interval_of(hits_view, level, resamples, seed): the same from a relation shaped as sentence_hits.
 -- Grain: (model, checkpoint, method, pivot_lang).
-CREATE OR REPLACE MACRO language_mean_interval_at(level := 0.95, resamples := 1000, seed := 0) AS TABLE
+CREATE OR REPLACE MACRO language_mean_interval_of(hits_view, level, resamples, seed) AS TABLE
 WITH per_sentence AS (
     SELECT
         model, checkpoint, method, pivot_lang, sentence,
@@ -78,38 +83,43 @@ WITH per_sentence AS (
         CAST(sum(lang_to_pivot_hits) AS INTEGER) AS lang_to_pivot_hits,
         max(n_layers) AS n_layers,
         CAST(count(*) AS INTEGER) AS n_languages
-    FROM sentence_hits
-    GROUP BY model, checkpoint, method, pivot_lang, sentence
-    QUALIFY count(*) = max(count(*)) OVER (PARTITION BY model, checkpoint, method, pivot_lang)
+    FROM query_table(hits_view)
+    GROUP BY ALL
 ),
 per_group AS (
     SELECT
         model, checkpoint, method, pivot_lang,
         max(n_layers) AS n_layers,
         max(n_languages) AS n_languages,
-        CAST(count(*) AS INTEGER) AS n_sentences,
+        list(n_languages ORDER BY sentence) AS coverage,
         list(mutual_hits ORDER BY sentence) AS mutual,
         list(pivot_to_lang_hits ORDER BY sentence) AS pivot_to_lang,
         list(lang_to_pivot_hits ORDER BY sentence) AS lang_to_pivot
     FROM per_sentence
     GROUP BY ALL
 ),
+complete AS (  -- the sentences every language has (all of them, unless a language was run on fewer)
+    SELECT *, [c = n_languages FOR c IN coverage] AS keep FROM per_group
+),
 resampled AS (
     SELECT
         *,
-        sentence_bootstrap(mutual, n_layers * n_languages, level, resamples, seed) AS s,
-        sentence_bootstrap(pivot_to_lang, n_layers * n_languages, level, resamples, seed) AS p,
-        sentence_bootstrap(lang_to_pivot, n_layers * n_languages, level, resamples, seed) AS l
-    FROM per_group
+        sentence_bootstrap(list_where(mutual, keep), n_layers * n_languages, level, resamples, seed) AS s,
+        sentence_bootstrap(list_where(pivot_to_lang, keep), n_layers * n_languages, level, resamples, seed) AS p,
+        sentence_bootstrap(list_where(lang_to_pivot, keep), n_layers * n_languages, level, resamples, seed) AS l
+    FROM complete
 )
 SELECT
     model, checkpoint, method, pivot_lang, '*' AS lang,
     s.estimate AS score_mean, s.low AS score_ci_low, s.high AS score_ci_high,
     p.estimate AS pivot_to_lang_mean, p.low AS pivot_to_lang_ci_low, p.high AS pivot_to_lang_ci_high,
     l.estimate AS lang_to_pivot_mean, l.low AS lang_to_pivot_ci_low, l.high AS lang_to_pivot_ci_high,
-    n_layers, n_sentences, n_languages,
+    n_layers, CAST(len([k FOR k IN keep IF k]) AS INTEGER) AS n_sentences, n_languages,
     CAST(level AS DOUBLE) AS level, CAST(resamples AS INTEGER) AS resamples, CAST(seed AS BIGINT) AS seed
 FROM resampled;
+
+CREATE OR REPLACE MACRO language_mean_interval_at(level := 0.95, resamples := 1000, seed := 0) AS TABLE
+SELECT * FROM language_mean_interval_of('sentence_hits', level, resamples, seed);
 
 -- paired_bootstrap_of(pairs_view, level, resamples, seed): the paired bootstrap over a relation of paired
 -- sentences (model_a, checkpoint_a, model_b, checkpoint_b, method, pivot_lang, lang, sentence, hits_a, hits_b,
@@ -141,20 +151,29 @@ per_sentence AS (
         max(layers_b) AS layers_b,
         CAST(count(*) AS INTEGER) AS n_languages
     FROM paired
-    GROUP BY model_a, checkpoint_a, model_b, checkpoint_b, method, pivot_lang, sentence
-    QUALIFY count(*) = max(count(*)) OVER (PARTITION BY model_a, checkpoint_a, model_b, checkpoint_b, method, pivot_lang)
+    GROUP BY ALL
 ),
-language_mean AS (
+per_group AS (
     SELECT
-        model_a, checkpoint_a, model_b, checkpoint_b, method, pivot_lang, '*' AS lang,
+        model_a, checkpoint_a, model_b, checkpoint_b, method, pivot_lang,
         max(n_languages) AS n_languages,
-        CAST(count(*) AS INTEGER) AS n_sentences,
+        list(n_languages ORDER BY sentence) AS coverage,
         list(hits_a ORDER BY sentence) AS hits_a,
         list(hits_b ORDER BY sentence) AS hits_b,
-        max(layers_a) * max(n_languages) AS denominator_a,
-        max(layers_b) * max(n_languages) AS denominator_b
+        max(layers_a) AS layers_a,
+        max(layers_b) AS layers_b
     FROM per_sentence
     GROUP BY ALL
+),
+language_mean AS (  -- the sentences every language of the pair has
+    SELECT
+        model_a, checkpoint_a, model_b, checkpoint_b, method, pivot_lang, '*' AS lang, n_languages,
+        CAST(len([c FOR c IN coverage IF c = n_languages]) AS INTEGER) AS n_sentences,
+        list_where(hits_a, [c = n_languages FOR c IN coverage]) AS hits_a,
+        list_where(hits_b, [c = n_languages FOR c IN coverage]) AS hits_b,
+        layers_a * n_languages AS denominator_a,
+        layers_b * n_languages AS denominator_b
+    FROM per_group
 ),
 resampled AS (
     SELECT *, paired_bootstrap(hits_a, hits_b, denominator_a, denominator_b, level, resamples, seed) AS d

@@ -8,31 +8,32 @@ SELECT * FROM runs
 QUALIFY row_number() OVER (PARTITION BY model, checkpoint ORDER BY finished_at DESC) = 1;
 
 -- training_curve(model, checkpoint, step, method, pivot_lang, lang, score_mean, ci_low, ci_high): ordered by step
--- when the job gave steps, by checkpoint name otherwise; lang '*' is the mean over the run's languages. ci_low /
+-- when the job gave steps, by checkpoint name otherwise; lang '*' is the mean over the run's languages. score_mean
+-- is alignment_summary's (to rounding: computed as hits / (sentences x layers) from sentence_hits). ci_low /
 -- ci_high: the 95% bootstrap interval over sentences (1,000 resamples, seed 0: alignment_interval for a language,
 -- language_mean_interval_at() for '*', sentences resampled jointly across languages).
 CREATE OR REPLACE VIEW training_curve AS
-WITH per_language AS (
-    SELECT s.model, s.checkpoint, r.step, s.method, s.pivot_lang, s.lang, s.score_mean
-    FROM alignment_summary AS s
+WITH hits AS MATERIALIZED (  -- one pass over matches serves the scores and both kinds of interval
+    SELECT * FROM sentence_hits
+),
+per_language AS (
+    SELECT
+        i.model, i.checkpoint, r.step, i.method, i.pivot_lang, i.lang, i.score_mean,
+        i.score_ci_low AS ci_low, i.score_ci_high AS ci_high
+    FROM alignment_interval_of('hits', 0.95, 1000, 0) AS i
     LEFT JOIN latest_runs AS r USING (model, checkpoint)
 ),
 overall AS (
     SELECT model, checkpoint, step, method, pivot_lang, '*' AS lang, avg(score_mean) AS score_mean
     FROM per_language
     GROUP BY ALL
-),
-intervals AS (
-    SELECT model, checkpoint, method, pivot_lang, lang, score_ci_low AS ci_low, score_ci_high AS ci_high
-    FROM alignment_interval
-    UNION ALL
-    SELECT model, checkpoint, method, pivot_lang, lang, score_ci_low, score_ci_high
-    FROM language_mean_interval_at()
 )
-SELECT c.model, c.checkpoint, c.step, c.method, c.pivot_lang, c.lang, c.score_mean, i.ci_low, i.ci_high
-FROM (SELECT * FROM per_language UNION ALL SELECT * FROM overall) AS c
-LEFT JOIN intervals AS i USING (model, checkpoint, method, pivot_lang, lang)
-ORDER BY c.model, c.step NULLS LAST, c.checkpoint, c.method, c.pivot_lang, c.lang;
+SELECT * FROM per_language
+UNION ALL
+SELECT o.*, m.score_ci_low AS ci_low, m.score_ci_high AS ci_high
+FROM overall AS o
+LEFT JOIN language_mean_interval_of('hits', 0.95, 1000, 0) AS m USING (model, checkpoint, method, pivot_lang)
+ORDER BY model, step NULLS LAST, checkpoint, method, pivot_lang, lang;
 
 -- training_change_at(level := 0.95, resamples := 1000, seed := 0): did the layer-mean alignment score change from
 -- the previous checkpoint (in training_curve's order)? Per checkpoint after a model's first, per method, pivot and
@@ -45,9 +46,12 @@ ORDER BY c.model, c.step NULLS LAST, c.checkpoint, c.method, c.pivot_lang, c.lan
 -- difference, ci_low, ci_high, p_value, q_value, n_tests, n_languages, n_sentences, level, resamples, seed)
 -- Grain: (model, checkpoint, method, pivot_lang, lang).
 CREATE OR REPLACE MACRO training_change_at(level := 0.95, resamples := 1000, seed := 0) AS TABLE
-WITH checkpoints AS (
+WITH hits AS MATERIALIZED (  -- one pass over matches for both sides of every pair
+    SELECT * FROM sentence_hits
+),
+checkpoints AS (
     SELECT c.model, c.checkpoint, r.step
-    FROM (SELECT DISTINCT model, checkpoint FROM matches) AS c
+    FROM (SELECT DISTINCT model, checkpoint FROM hits) AS c
     LEFT JOIN latest_runs AS r USING (model, checkpoint)
 ),
 ordered AS (
@@ -64,8 +68,8 @@ sentence_pairs AS (
         b.method, b.pivot_lang, b.lang, b.sentence,
         a.mutual_hits AS hits_a, b.mutual_hits AS hits_b, a.n_layers AS layers_a, b.n_layers AS layers_b
     FROM ordered AS o
-    JOIN sentence_hits AS b ON b.model = o.model AND b.checkpoint = o.checkpoint
-    JOIN sentence_hits AS a
+    JOIN hits AS b ON b.model = o.model AND b.checkpoint = o.checkpoint
+    JOIN hits AS a
       ON a.model = o.model AND a.checkpoint = o.previous_checkpoint
      AND a.method = b.method AND a.pivot_lang = b.pivot_lang AND a.lang = b.lang AND a.sentence = b.sentence
 ),
