@@ -9,13 +9,20 @@ does not depend on the values. The cell-based baseline needs `similarity`: writt
 small lake and for 2 languages of the FLORES lake (its old query needs ~40 s and 2.3 GB there). DuckDB runs on 2
 threads; goal: each view <= 2 s.
 
-    python -m benchmarks.bench_sql            (about 3 minutes on 2 cores)
+Bootstrap intervals (sql/25_intervals.sql): 200 languages x 1,012 sentences (FLORES-200) x Gemma 3 270M's 74
+method-layers, every layer-mean score with its 95% interval from 1,000 resamples, timed through the CLI
+(`neuronxa-ray sql`, process start included) next to alignment_summary; goal <= 2 s.
+
+    python -m benchmarks.bench_sql                     (about 5 minutes on 2 cores)
+    python -m benchmarks.bench_sql --intervals-only    (the intervals alone, about 1.5 minutes)
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -109,10 +116,12 @@ GROUP BY ALL;
 """
 
 
-def _matrices(rng: np.random.Generator, n: int, noise: float) -> dict[str, np.ndarray]:
+def _matrices(
+    rng: np.random.Generator, n: int, noise: float, method_layers: dict[str, int] = LAYERS
+) -> dict[str, np.ndarray]:
     """method -> [layers, n, n] float64 cosines of random 32-dim states with parallel partners."""
     out = {}
-    for method, layers in LAYERS.items():
+    for method, layers in method_layers.items():
         p = torch.from_numpy(rng.normal(size=(n, layers, 32)).astype(np.float32))
         x = p + noise * torch.from_numpy(rng.normal(size=(n, layers, 32)).astype(np.float32))
         out[method] = cosine_matrices(p, x).numpy()
@@ -123,13 +132,15 @@ def _lang(k: int) -> str:
     return f"l{k:03d}"
 
 
-def build(root: Path, n_langs: int, n: int, similarity_langs: int, seed: int = 0) -> dict:
+def build(
+    root: Path, n_langs: int, n: int, similarity_langs: int, seed: int = 0, method_layers: dict[str, int] = LAYERS
+) -> dict:
     """Write matches for n_langs languages (and similarity for the first similarity_langs); return byte counts."""
     rng = np.random.default_rng(seed)
     lake = Lake(root)
     templates = []
     for noise in (1.2, 2.0):
-        mats = _matrices(rng, n, noise)
+        mats = _matrices(rng, n, noise, method_layers)
         stats = {m: match_stats(torch.from_numpy(c)).numpy() for m, c in mats.items()}
         templates.append((mats, stats))
     for k in range(n_langs):
@@ -152,11 +163,11 @@ def build(root: Path, n_langs: int, n: int, similarity_langs: int, seed: int = 0
         "xnli",
         pa.table({"benchmark": ["xnli"] * n_langs, "lang": [_lang(k) for k in range(n_langs)], "value": values}),
     )
-    method_layers = sum(LAYERS.values())
+    total_layers = sum(method_layers.values())
     size = {t: sum((root / f).stat().st_size for f in lake.files(t)) for t in ("matches", "similarity")}
     return {
-        "matches_bytes_per_lang_method_layer": size["matches"] / (n_langs * method_layers),
-        "similarity_bytes_per_lang_method_layer": size["similarity"] / max(similarity_langs * method_layers, 1),
+        "matches_bytes_per_lang_method_layer": size["matches"] / (n_langs * total_layers),
+        "similarity_bytes_per_lang_method_layer": size["similarity"] / max(similarity_langs * total_layers, 1),
         "bytes": size,
     }
 
@@ -229,13 +240,78 @@ def run_case(label: str, n_langs: int, n: int, similarity_langs: int, old_views:
         shutil.rmtree(root, ignore_errors=True)
 
 
+GEMMA_LAYERS = {"nas": 18, "nav": 18, "hidden": 19, "hidden_last": 19}  # Gemma 3 270M: 74 method-layers
+INTERVAL_QUERIES = {  # through the CLI, as a user runs them; SELECT 1 = process start and connect alone
+    "connect only (SELECT 1)": "SELECT 1",
+    "alignment_summary": "SELECT * FROM alignment_summary",
+    "alignment_interval": "SELECT * FROM alignment_interval",
+    "language_mean_interval": "SELECT * FROM language_mean_interval_at()",
+}
+
+
+def _cli_seconds(root: Path, query: str, reps: int) -> tuple[float, float]:
+    """Best wall time of `neuronxa-ray sql` (process start, connect, query, CSV out; DuckDB on the machine's cores)
+    and the CPU seconds (user + system) of that run: on a shared machine the CPU time is the steadier figure."""
+    import resource
+
+    cli = Path(sys.executable).parent / "neuronxa-ray"
+    best, cpu = float("inf"), float("nan")
+    for _ in range(reps):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run(
+            [str(cli), "sql", "--lake", str(root), "--format", "csv", "-o", str(root / "out.csv"), query],
+            check=True,
+            capture_output=True,
+        )
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if wall < best:
+            best = wall
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return best, cpu
+
+
+def run_intervals(label: str, n_langs: int, n: int, method_layers: dict[str, int], reps: int = 3) -> tuple:
+    """Bootstrap intervals (1,000 resamples) of every layer-mean score through the CLI; goal <= 2 s."""
+    root = Path(tempfile.mkdtemp(prefix=f"bench-intervals-{n_langs}-"))
+    try:
+        t0 = time.perf_counter()
+        build(root, n_langs, n, 0, method_layers=method_layers)
+        total = sum(method_layers.values())
+        print(f"{label} x {total} method-layers, built in {time.perf_counter() - t0:.0f}s", flush=True)
+        figures, results = {"cli_s": {}, "cli_cpu_s": {}, "query_s": {}}, []
+        con = _connect(root)
+        for view, query in INTERVAL_QUERIES.items():
+            figures["query_s"][view], _ = _time(con, query, reps)
+            figures["cli_s"][view], figures["cli_cpu_s"][view] = _cli_seconds(root, query, reps)
+            print(
+                f"    {view}: {figures['cli_s'][view]:.2f}s through the CLI ({figures['cli_cpu_s'][view]:.2f} CPU-s),"
+                f" {figures['query_s'][view]:.2f}s the query alone in a connected session",
+                flush=True,
+            )
+        seconds = figures["cli_s"]["alignment_interval"]
+        results.append(report(f"{label}: alignment_interval via CLI seconds", seconds, GOAL_S, "s", False))
+        return results, figures
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-baseline", action="store_true", help="skip the cell-based path (the slow part)")
+    parser.add_argument(
+        "--intervals-only", action="store_true", help="only the bootstrap intervals, 200 languages x 1,012 sentences"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     results, payload = [], {}
+    res, payload["intervals_200x1012_gemma"] = run_intervals("200 langs x 1012 (Gemma 3 270M)", 200, 1012, GEMMA_LAYERS)
+    results += res
+    if args.intervals_only:
+        save("sql_intervals", {**payload, "results": results})
+        return results
     small_old = () if args.no_baseline else ("alignment_summary", "retrieval", "correlation")
     res, payload["50x100"] = run_case("50 langs x 100", 50, 100, 0 if args.no_baseline else 50, small_old)
     results += res

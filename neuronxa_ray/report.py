@@ -351,8 +351,18 @@ class _Charts:
             .facet(column=alt.Column("method:N", title=None, sort=methods))
         )
 
-    def training(self, rows: list[dict], methods: list[str], langs: list[str], by_step: bool, order, key: str):
-        """Layer-mean score against training step: mean over languages per method, each language on hover."""
+    def training(
+        self,
+        rows: list[dict],
+        methods: list[str],
+        langs: list[str],
+        by_step: bool,
+        order,
+        key: str,
+        bands: bool = False,
+    ):
+        """Layer-mean score against training step: mean over languages per method with its interval as a band,
+        significant step changes marked, each language on hover."""
         alt = self.alt
         pick = self.lang_param(langs, f"curve_{key}")
         if by_step:
@@ -366,9 +376,17 @@ class _Charts:
             alt.Tooltip("step:Q"),
             alt.Tooltip("score_mean:Q", title="score", format=".3f"),
         ]
+        if bands:
+            tooltip += [
+                alt.Tooltip("ci_low:Q", title="95% interval from", format=".3f"),
+                alt.Tooltip("ci_high:Q", title="95% interval to", format=".3f"),
+            ]
+        mean_tooltip = [*tooltip, alt.Tooltip("change:Q", title="change from previous", format="+.3f")]
+        mean_tooltip.append(alt.Tooltip("q_value:Q", title="q (Benjamini–Hochberg)", format=".3g"))
         base = alt.Chart().encode(
             x=x, y=alt.Y("score_mean:Q", title="layer-mean alignment score", scale=alt.Scale(domain=[0, 1]))
         )
+        color = alt.Color("method:N", scale=self.method_scale(methods), legend=None)
         per_lang = (
             base.mark_line(strokeWidth=0.8, color="#aaaaaa", opacity=0.6)
             .encode(detail="lang:N", tooltip=tooltip)
@@ -376,15 +394,28 @@ class _Charts:
         )
         mean = (
             base.mark_line(strokeWidth=3, point=True)
-            .encode(color=alt.Color("method:N", scale=self.method_scale(methods), legend=None), tooltip=tooltip)
+            .encode(color=color, tooltip=mean_tooltip)
             .transform_filter(alt.datum.lang == "*")
+        )
+        marked = (
+            base.mark_point(shape="diamond", size=140, filled=True, color="black", opacity=0.9)
+            .encode(tooltip=mean_tooltip)
+            .transform_filter((alt.datum.lang == "*") & (alt.datum.significant == "True"))
         )
         picked = base.mark_line(strokeWidth=2.5, strokeDash=[5, 2], color="black").encode(
             detail="lang:N",
             opacity=alt.condition(alt.datum.lang == pick, alt.value(1.0), alt.value(0.0)),
             tooltip=tooltip,
         )
-        layers = alt.layer(per_lang, mean, picked).properties(width=230, height=190)
+        drawn = [per_lang, mean, marked, picked]
+        if bands:
+            band = (
+                base.mark_area(opacity=0.25)
+                .encode(y="ci_low:Q", y2="ci_high:Q", color=color)
+                .transform_filter(alt.datum.lang == "*")
+            )
+            drawn.insert(0, band)
+        layers = alt.layer(*drawn).properties(width=230, height=190)
         if by_step:
             layers = layers.add_params(alt.selection_interval(bind="scales", encodings=["x"]))
         return layers.facet(column=alt.Column("method:N", title=None, sort=methods), data=self.data(rows)).add_params(
@@ -635,40 +666,66 @@ def _matrix_section(con, charts: _Charts, scope: Scope, views: set[str]) -> Sect
     return sec if sec.figures else None
 
 
-def _training_section(con, charts: _Charts, scope: Scope) -> Section:
+SIGNIFICANCE_FDR = 0.05  # a step is marked when its change is significant at this false discovery rate
+
+
+def _training_section(con, charts: _Charts, scope: Scope, views: set[str]) -> Section:
     sec = Section(
         "training",
         "Training curves",
         "Layer-mean score against training step, one panel per method: thick line = mean over languages "
-        "(lang '*' in view `training_curve`), grey = each language. Checkpoints without a step are ordered by name.",
+        "(lang '*' in view `training_curve`), grey = each language. Checkpoints without a step are ordered by name. "
+        "Band: 95% bootstrap interval of the mean over languages (1,000 resamples of the sentences, each with all "
+        "its layers and languages, seed 0). ◆: the change from the previous checkpoint is significant at a 5% false "
+        "discovery rate (view `training_change`: paired bootstrap p-values over the same sentences, "
+        "Benjamini–Hochberg over every method and step of the figure).",
     )
+    cols = set(_columns(con, "training_curve"))
+    bands = ", ci_low, ci_high" if {"ci_low", "ci_high"} <= cols else ""
     for model, ckpts in scope.checkpoints.items():
         if len(ckpts) < 2:
             continue
         where, params = _in("checkpoint", ckpts)
         rows = _records(
             con,
-            f"""SELECT checkpoint, step, method, pivot_lang, lang, score_mean FROM training_curve
+            f"""SELECT checkpoint, step, method, pivot_lang, lang, score_mean{bands} FROM training_curve
                 WHERE model = ? AND {where} ORDER BY pivot_lang, method, lang, step NULLS LAST, checkpoint""",
             [model, *params],
         )
+        changes = _step_changes(con, model, ckpts) if "training_change" in views else {}
+        for r in rows:
+            change = changes.get((r["checkpoint"], r["method"], r["pivot_lang"])) if r["lang"] == "*" else None
+            r["change"], r["q_value"] = (change or (None, None))[:2]
+            r["significant"] = change is not None and change[1] is not None and change[1] < SIGNIFICANCE_FDR
         for pivot in sorted({r["pivot_lang"] for r in rows}):
             part = [{k: v for k, v in r.items() if k != "pivot_lang"} for r in rows if r["pivot_lang"] == pivot]
             methods = _methods(part)
             _with_labels(part)
             langs = sorted({r["lang"] for r in part} - {"*"})
             by_step = all(scope.steps.get((model, c)) is not None for c in ckpts)
+            n_marked = sum(r["significant"] for r in part)
             sec.figures.append(
                 charts.figure(
-                    charts.training(part, methods, langs, by_step, ckpts, f"{len(sec.figures)}"),
+                    charts.training(part, methods, langs, by_step, ckpts, f"{len(sec.figures)}", bool(bands)),
                     f"Training curve: {model}, pivot {pivot}",
                     len(part),
-                    f"{len(ckpts)} checkpoints, {len(langs)} languages.",
+                    f"{len(ckpts)} checkpoints, {len(langs)} languages; {n_marked} significant step change(s).",
                 )
             )
     if not sec.figures:
         sec.notes.append("Training curves need a model with two or more checkpoints in the lake.")
     return sec
+
+
+def _step_changes(con, model: str, ckpts: Sequence[str]) -> dict[tuple[str, str, str], tuple]:
+    """(checkpoint, method, pivot_lang) -> (difference, q_value) from the previous checkpoint, mean over languages."""
+    rows = con.execute(
+        """SELECT checkpoint, method, pivot_lang, difference, q_value FROM training_change
+           WHERE model = ? AND lang = '*'""",
+        [model],
+    ).fetchall()
+    keep = set(ckpts)
+    return {(c, m, p): (d, q) for c, m, p, d, q in rows if c in keep}
 
 
 def _retrieval_section(con, charts: _Charts, scope: Scope) -> Section:
@@ -982,7 +1039,7 @@ def build_report(
     steps: list[tuple[str, Callable[[], Any], tuple[str, ...]]] = [
         ("layers", lambda: _layers_section(con, charts, scope), ("alignment", "alignment_summary")),
         ("matrix", lambda: _matrix_section(con, charts, scope, views), ("alignment_summary",)),
-        ("training", lambda: _training_section(con, charts, scope), ("training_curve",)),
+        ("training", lambda: _training_section(con, charts, scope, views), ("training_curve",)),
         ("retrieval", lambda: _retrieval_section(con, charts, scope), ("retrieval",)),
         ("correlation", lambda: _correlation_section(con, charts, scope), ("correlation", "benchmark_pairs")),
         ("neurons", lambda: _neurons_section(con, charts, scope, views), ("language_specific_neurons",)),

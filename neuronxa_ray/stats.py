@@ -86,8 +86,8 @@ def sql_type(name: str):
 
 
 def register(con) -> None:
-    """Register the statistics and language-code functions the views in sql/ use on a DuckDB connection."""
-    from neuronxa_ray import languages
+    """Register the statistics, bootstrap and language-code functions the views in sql/ use on a DuckDB connection."""
+    from neuronxa_ray import intervals, languages
 
     double, bigint = sql_type("DOUBLE"), sql_type("BIGINT")
     con.create_function(
@@ -102,4 +102,5 @@ def register(con) -> None:
     con.create_function(
         "fisher_ci_high", fisher_ci_high, [double, bigint, double], double, null_handling="special", side_effects=False
     )
+    intervals.register(con)
     languages.register(con)

@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import importlib.util
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -150,6 +151,34 @@ def test_per_layer_and_training_data_match_numpy(synthetic):
         assert float(r["score_mean"]) == pytest.approx(want, abs=1e-4)
         assert int(r["step"]) == dict(CKPTS)[r["checkpoint"]]
     assert len(curve) == len(CKPTS) * len(METHODS) * (len(LANGS) + 1)
+
+
+def test_training_curve_draws_intervals_and_marks_significant_steps(synthetic):
+    from neuronxa_ray.sql import connect
+
+    root, _ = synthetic
+    report = build_report(root)
+    curve = _dataset(report, "Training curve")
+    con = connect(root)
+    want = {
+        (c, m, lg): (lo, hi)
+        for c, m, lg, lo, hi in con.execute(
+            "SELECT checkpoint, method, lang, ci_low, ci_high FROM training_curve"
+        ).fetchall()
+    }
+    query = "SELECT checkpoint, method, q_value FROM training_change WHERE lang = '*'"
+    changes = {(c, m): q for c, m, q in con.execute(query).fetchall()}
+    labels = {"NASCA": "nas", "MEXA": "hidden"}
+    for r in curve:
+        lo, hi = want[(r["checkpoint"], labels[r["method"]], r["lang"])]
+        assert (float(r["ci_low"]), float(r["ci_high"])) == pytest.approx((lo, hi), abs=1e-4)
+        assert float(r["ci_low"]) <= float(r["score_mean"]) <= float(r["ci_high"])
+        q = changes.get((r["checkpoint"], labels[r["method"]])) if r["lang"] == "*" else None
+        assert r["significant"] == str(q is not None and q < 0.05)
+    assert {r["checkpoint"] for r in curve if r["significant"] == "True"} <= {"late"}  # never the first checkpoint
+    fig = next(f for f in report.figures if f.title.startswith("Training curve"))
+    spec = json.dumps(fig.spec)
+    assert '"area"' in spec and '"diamond"' in spec and "Benjamini" in report.sections[2].intro
 
 
 def test_retrieval_asymmetry_matches_numpy(synthetic):

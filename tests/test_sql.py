@@ -342,6 +342,10 @@ def test_views_bind_on_an_empty_lake(tmp_path):
         "neuron_overlap",
         "lape_thresholds()",
         "languages",
+        "alignment_interval",
+        "language_mean_interval_at()",
+        "training_change",
+        "paired_difference('m', 'a', 'm', 'b')",
     ):
         assert con.execute(f"SELECT count(*) FROM {view}").fetchone()[0] == 0
 
@@ -421,6 +425,8 @@ GRAINS = {
     "alignment_summary": "model, checkpoint, method, pivot_lang, lang",
     "alignment_matrix": "model, checkpoint, method, pivot_lang, lang",
     "correlation": "model, checkpoint, method, pivot_lang, benchmark",
+    "sentence_hits": "model, checkpoint, pivot_lang, lang, method, sentence",
+    "alignment_interval": "model, checkpoint, method, pivot_lang, lang",
 }
 
 
