@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -108,10 +109,13 @@ def _compact_checkpoint(
                 return f"run {record.get('run_id')} is writing it"
         except (OSError, ValueError, KeyError, TypeError):
             continue
-    lake.reconcile(model, checkpoint)
     prefix = lake._partition("_done", model, checkpoint) + "/"
+    state = catalog.load() or CatalogState()  # before reconciling: files an interrupted compaction left named
+    named_before = {f["path"] for rel, r in state.markers.items() if rel.startswith(prefix) for f in r["files"]}
+    lake.reconcile(model, checkpoint)
     markers = lake.markers(prefix)
     sizes = {e.path: e.size for t in TABLES_WITH_MARKERS for e in storage.list(lake._partition(t, model, checkpoint))}
+    sizes_before = dict(sizes)
     wrong = {rel: lake.verify(r, sizes) for rel, r in markers.items()}
     if any(wrong.values()) or len(markers) < len(list(storage.list(prefix))):
         return "some of its markers do not verify (`neuronxa-ray lake check`)"
@@ -177,7 +181,14 @@ def _compact_checkpoint(
         sizes[rel] = len(data)
         if crash_after == "markers" and i == len(changes) // 2:
             raise RuntimeError("crash halfway through the markers")
-    superseded = {p: t for p, t in superseded.items() if p not in {f.path for f in new_files.values()}}
+    still = {f["path"] for r in changes.values() for f in r["files"]} | {
+        f["path"] for rel, r in markers.items() if rel not in changes for f in r["files"]
+    }
+    superseded.update({p: now for p in named_before if p in sizes_before})
+    named_now = {f["path"] for r in markers.values() for f in r["files"]}
+    leftover = [p for p in sizes_before if posixpath.basename(p).startswith("compacted-") and p not in named_now]
+    superseded.update({p: now for p in leftover if p not in state.superseded})  # an interrupted compaction's
+    superseded = {p: t for p, t in superseded.items() if p not in still}
     catalog.commit(changes, lake.marker_index, superseded, sizes)  # the switch: one entry
     if crash_after == "catalogue":
         raise RuntimeError("crash after the catalogue entry")
