@@ -37,6 +37,8 @@ LOG_DIR = f"{ROOT}/log"
 RETAIN_S = 600.0  # folded log entries and superseded snapshots are kept this long (longer than any fold takes)
 FOLD_EVERY = 256  # a writer folds the log into a snapshot when this many entries are newer than the snapshot
 KEY = b"neuronxa_ray.catalog"
+LIST_EVERY = 32  # a writer lists the catalogue (to bootstrap or fold it) on its first commit and every 32nd
+_commits: dict[str, int] = {}  # lake URI -> this process's commits since it last listed the catalogue
 
 _FILE = pa.struct(
     [
@@ -152,11 +154,17 @@ class Catalog:
         catalogue yet (new, or written by an older version) first gets every marker it holds: all_markers() ->
         ({path: record}, {path: bytes}), read after this listing, so a concurrent commit is in this entry or its
         own. sizes: marker path -> bytes as written."""
+        since = _commits.get(self.storage.uri)
+        if since is not None and since < LIST_EVERY:  # this process saw the catalogue lately: no listing
+            self.append(markers, superseded, sizes=sizes)
+            _commits[self.storage.uri] = since + 1
+            return
         entries = self.storage.list(ROOT)
         if not any(_is_snapshot(e.path) or _is_entry(e.path) for e in entries):
             found, found_sizes = all_markers()
             markers, sizes = {**found, **markers}, {**found_sizes, **(sizes or {})}
         self.append(markers, superseded, sizes=sizes)
+        _commits[self.storage.uri] = 0
         self.maybe_fold(entries)
 
     def maybe_fold(self, entries=None) -> None:

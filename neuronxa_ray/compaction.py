@@ -77,13 +77,18 @@ def compact(
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     catalog = Catalog(lake.storage)
     out = Compaction()
-    keys = sorted(
-        {
-            (r["model"], r["checkpoint"])
-            for r in lake.markers().values()
-            if (model is None or r["model"] == model) and (checkpoint is None or r["checkpoint"] == checkpoint)
-        }
-    )
+    if model is not None and checkpoint is not None:
+        keys = [(model, checkpoint)]
+    else:  # the checkpoints the catalogue knows (else every marker's)
+        state = catalog.load()
+        records = state.markers.values() if state is not None else lake.markers().values()
+        keys = sorted(
+            {
+                (r["model"], r["checkpoint"])
+                for r in records
+                if (model is None or r["model"] == model) and (checkpoint is None or r["checkpoint"] == checkpoint)
+            }
+        )
     for key in keys:
         label = f"{key[0]} @ {key[1]}"
         why = _compact_checkpoint(lake, catalog, *key, crash_after)

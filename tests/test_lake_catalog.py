@@ -155,6 +155,7 @@ def test_catalogue_folds_into_snapshots_and_reads_the_same(tmp_path, monkeypatch
     import neuronxa_ray.catalog as catalog
 
     monkeypatch.setattr(catalog, "FOLD_EVERY", 3)
+    monkeypatch.setattr(catalog, "LIST_EVERY", 0)
     monkeypatch.setattr(catalog, "RETAIN_S", 0.0)
     lake = _two_checkpoints(tmp_path)
     snapshots = list((tmp_path / "_catalog").glob("snapshot-*.parquet"))
