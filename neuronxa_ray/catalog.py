@@ -245,9 +245,9 @@ class Catalog:
         return self._load(workers)
 
     def _load(self, workers: int) -> CatalogState | None:
-        entries = self.storage.list(ROOT)
-        snaps = sorted(e.path for e in entries if _is_snapshot(e.path))
-        logs = sorted((e.path for e in entries if _is_entry(e.path)), key=_entry_name)
+        entries = self.storage.sizes(ROOT)
+        snaps = sorted(p for p in entries if _is_snapshot(p))
+        logs = sorted((p for p in entries if _is_entry(p)), key=_entry_name)
         if not snaps and not logs:
             return None
         state = _read_snapshot(self.storage, snaps[-1]) if snaps else CatalogState()

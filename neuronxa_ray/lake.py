@@ -349,6 +349,7 @@ def visible(ok: dict[str, dict], done_marker) -> tuple[list[dict], list[Problem]
     when both sources verify with the fingerprints it was computed from. Returns (complete records, stale
     problems, one line per left-out language, (reason, label) per left-out language)."""
     complete, problems, excluded, left_out = [], [], [], []
+    pivots: dict[tuple[str, str, str], str] = {}  # done_marker slugs every value: once per checkpoint and pivot
     for rel, record in ok.items():
         what = f"{record['model']} @ {record['checkpoint']}, pivot {record['pivot_lang']}, {record['lang']}"
         label = _label(record, rel)
@@ -369,7 +370,8 @@ def visible(ok: dict[str, dict], done_marker) -> tuple[list[dict], list[Problem]
             else:
                 complete.append(record)
             continue
-        pivot_rel = done_marker(record["model"], record["checkpoint"], record["pivot_lang"], record["pivot_lang"])
+        key = (record["model"], record["checkpoint"], record["pivot_lang"])
+        pivot_rel = pivots.get(key) or pivots.setdefault(key, done_marker(*key, record["pivot_lang"]))
         pivot = ok.get(pivot_rel)
         if pivot is None:
             excluded.append(f"{what}: its pivot's marker {pivot_rel} is missing or does not verify")
@@ -847,7 +849,7 @@ class Lake:
             bad_free = [p for p in scan.problems if p.path.split("/", 1)[0] in FREE_TABLES]
         else:
             markers = self._listed_markers(state)
-            sizes = {e.path: e.size for t in TABLES_WITH_MARKERS for e in self.storage.list(t)}
+            sizes = {p: n for t in TABLES_WITH_MARKERS for p, n in self.storage.sizes(t).items()}
             ok, left_out = {}, []
             for rel, record in markers.items():
                 files = record.get("files")
@@ -857,7 +859,7 @@ class Lake:
                     left_out.append((LEFT_OUT_BROKEN, _label(record, rel)))
             complete, _, _, more = visible(ok, self.done_marker)
             left_out += more
-            listed = [e.path for t in FREE_TABLES for e in self.storage.list(t) if _is_parquet(e.path)]
+            listed = sorted(p for t in FREE_TABLES for p in self.storage.sizes(t) if _is_parquet(p))
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 why = dict(zip(listed, pool.map(self._unreadable, listed)))
             free = {t: [p for p in listed if p.startswith(t + "/") and not why[p]] for t in FREE_TABLES}
@@ -871,14 +873,14 @@ class Lake:
     def _listed_markers(self, state: CatalogState) -> dict[str, dict]:
         """The catalogue's records of the markers one listing of _done/ shows: a marker the catalogue lacks or
         holds at another size (a writer died between the two, a marker rewritten) is read; one deleted is gone."""
-        listed = [e for e in self.storage.list("_done") if e.path.endswith(".json")]
+        listed = {p: n for p, n in self.storage.sizes("_done").items() if p.endswith(".json")}
         out, unread = {}, []
-        for e in listed:
-            record = state.markers.get(e.path)
-            if record is not None and state.sizes.get(e.path, -1) == e.size:
-                out[e.path] = record
+        for path, size in listed.items():
+            record = state.markers.get(path)
+            if record is not None and state.sizes.get(path, -1) == size:
+                out[path] = record
             else:
-                unread.append(e)
+                unread.append(Entry(path, size))
         if unread:
             out.update(self.marker_index(listed=unread)[0])
         return out
