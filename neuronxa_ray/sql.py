@@ -16,6 +16,7 @@ import pyarrow as pa
 from neuronxa_ray.lake import Lake, table_schema
 from neuronxa_ray.stats import register as register_functions
 
+UNIFORM = ("matches", "neuron_counts")  # one schema in every file (sentence_states: float16 or float32 states)
 RAW_TABLES = ("sentence_states", "neuron_counts", "matches", "similarity", "runs", "benchmarks", "attempts")
 
 
@@ -76,7 +77,10 @@ def connect(lake: str | Path | Lake, database: str = ":memory:", reader: str = "
             parts = []
             if whole:
                 listed = ", ".join(_quote(lake.storage.path(p)) for p in whole)
-                parts.append(f"SELECT * FROM read_parquet([{listed}], union_by_name = true, hive_partitioning = false)")
+                union = "false" if table in UNIFORM else "true"  # union_by_name opens every file when views bind
+                parts.append(
+                    f"SELECT * FROM read_parquet([{listed}], union_by_name = {union}, hive_partitioning = false)"
+                )
             for i, (path, keys) in enumerate(partial.items()):  # compacted files of which some languages are current
                 parts.append(_partial_select(con, f"_keys_{table}_{i}", _quote(lake.storage.path(path)), keys))
             con.execute(f"CREATE OR REPLACE VIEW {table} AS " + " UNION ALL BY NAME ".join(parts))
