@@ -288,3 +288,35 @@ def test_catalogue_and_compaction_on_s3_as_on_local_disk(s3_env, tmp_path):
     assert answers(uri) == expected == answers(tmp_path, "arrow")
     assert remote.check() == [] and all("compacted-" in p for p in remote.view_files().files["matches"])
     assert main(["lake", "check", "--lake", uri, "--repair"]) == 0 and answers(uri) == expected
+
+
+def test_readers_during_a_compaction_see_the_old_files_or_the_new_never_both(tmp_path):
+    import threading
+
+    from neuronxa_ray.compaction import compact
+
+    lake = _two_checkpoints(tmp_path)
+    expected = answers(tmp_path)
+    done = threading.Event()
+    seen, wrong = set(), []
+
+    def read():
+        while not done.is_set():
+            files = lake.view_files().files["matches"]
+            for ckpt in ("c", "d"):
+                mine = [p for p in files if f"/checkpoint={ckpt}/" in p]
+                seen.add((ckpt, tuple(sorted("compacted-" in p for p in mine))))
+            if answers(tmp_path) != expected:
+                wrong.append(files)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        compact(lake, "m", "c")
+        compact(lake, "m", "d")
+    finally:
+        done.set()
+        reader.join()
+    assert not wrong
+    assert {kinds for _, kinds in seen} <= {(False, False, False), (True,)}  # 3 languages' files, or one
+    assert answers(tmp_path) == expected
