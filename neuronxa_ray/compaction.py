@@ -137,10 +137,14 @@ def _compact_checkpoint(
     new_files: dict[str, WrittenFile] = {}
     unit_rows: dict[tuple[str, str], int] = {}  # (table, marker path) -> its rows in the compacted file
     for table in plans:
-        parts, read = [], {}
+        parts, read, taken = [], {}, {}
         for rel, record in markers.items():
             for f in record["files"]:
                 if f["table"] != table:
+                    continue
+                key = (record["pivot_lang"], record["lang"]) if table in PAIR_TABLES else (record["lang"],)
+                if key in taken:  # one language's neuron_counts named by the markers of two pivots: once
+                    unit_rows[(table, rel)] = taken[key]
                     continue
                 if f["path"] not in read:
                     schema = table_schema(table)
@@ -153,7 +157,7 @@ def _compact_checkpoint(
                     part = part.filter(mask)
                 if part.num_rows != f["rows"]:
                     raise RuntimeError(f"{f['path']}: {part.num_rows} rows of {record['lang']}, its marker {f['rows']}")
-                unit_rows[(table, rel)] = part.num_rows
+                unit_rows[(table, rel)] = taken[key] = part.num_rows
                 parts.append(part)
         merged = pa.concat_tables(parts).sort_by([(c, "ascending") for c in SORT[table]])
         path = lake._partition(table, model, checkpoint) + f"/compacted-{uuid.uuid4().hex[:12]}.parquet"

@@ -11,9 +11,12 @@ read by pyarrow or polars is self-describing):
     {lake}/attempts/run_id={r}/part-{n}.parquet
     {lake}/_done/model={m}/checkpoint={c}/pivot_lang={p}/lang={l}.json   (written last: names every file, size, rows)
     {lake}/_leases/model={m}/checkpoint={c}/{run_id}.json                 (a live run's claim, with its heartbeat)
+    {lake}/_catalog/log/*.json, {lake}/_catalog/snapshot-*.parquet       (the committed markers: catalog.py)
+    {lake}/{matches,neuron_counts}/model={m}/checkpoint={c}/compacted-{id}.parquet   (compaction.py)
 The lake is a local directory or an object-store URI (storage.py). Local files are written under a temporary name
 and renamed into place; object-store files once under their final name. A language counts only when its marker
-verifies (files present with the recorded sizes and row counts).
+verifies (files present with the recorded sizes and row counts; `lake check` also compares every byte with the
+recorded CRC-32).
 """
 
 from __future__ import annotations
@@ -282,7 +285,8 @@ def marker_problem(record: object) -> str | None:
 
 @dataclass(frozen=True)
 class Problem:
-    """Something `lake check` found: kind is broken | stale | orphaned | temporary | stale-lease | legacy."""
+    """Something `lake check` found: kind is broken | stale | orphaned | temporary | stale-lease | legacy |
+    catalogue."""
 
     kind: str
     path: str  # the marker, file or lease (relative to the lake root)
@@ -410,8 +414,7 @@ class ViewFiles:
     @classmethod
     def of(cls, complete: list[dict], free: dict[str, list[str]]) -> ViewFiles:
         files: dict[str, dict[str, None]] = {t: {} for t in (*TABLES_WITH_MARKERS, *FREE_TABLES)}
-        live_rows: dict[str, int] = {}
-        keys: dict[str, list[tuple[str, ...]]] = {}
+        keys: dict[str, dict[tuple[str, ...], int]] = {}  # compacted file -> current key -> its rows there
         whole: dict[str, int] = {}
         for record in complete:
             for f in record["files"]:
@@ -420,16 +423,15 @@ class ViewFiles:
                 files[f["table"]][f["path"]] = None
                 if f.get("file_rows") is not None:  # a compacted file: which of its languages are current
                     whole[f["path"]] = f["file_rows"]
-                    live_rows[f["path"]] = live_rows.get(f["path"], 0) + f["rows"]
                     key = (record["pivot_lang"], record["lang"]) if f["table"] in PAIR_TABLES else (record["lang"],)
-                    keys.setdefault(f["path"], []).append(key)
+                    keys.setdefault(f["path"], {})[key] = f["rows"]
         for table, paths in free.items():
             files[table].update(dict.fromkeys(paths))
         partial: dict[str, dict[str, list[tuple[str, ...]]]] = {}
         for table, paths in files.items():
             for path in paths:
-                if path in whole and live_rows[path] != whole[path]:
-                    partial.setdefault(table, {})[path] = sorted(set(keys[path]))
+                if path in whole and sum(keys[path].values()) != whole[path]:
+                    partial.setdefault(table, {})[path] = sorted(keys[path])
         return cls({t: sorted(v) for t, v in files.items()}, partial)
 
 

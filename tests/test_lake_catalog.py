@@ -320,3 +320,30 @@ def test_readers_during_a_compaction_see_the_old_files_or_the_new_never_both(tmp
     assert not wrong
     assert {kinds for _, kinds in seen} <= {(False, False, False), (True,)}  # 3 languages' files, or one
     assert answers(tmp_path) == expected
+
+
+def test_compaction_of_a_checkpoint_with_two_pivots_keeps_shared_files_once(tmp_path):
+    """A second pivot's markers name the same neuron_counts files (written once per language) and their own
+    matches: the compacted neuron_counts holds each language once, and every view answers as before."""
+    import torch
+
+    from neuronxa_ray.compaction import compact
+    from neuronxa_ray.lake import WrittenFile, matches_table
+    from neuronxa_ray.scoring import match_stats
+
+    lake = _lake(tmp_path, ("eng", "fra", "deu", "swh"))
+    rng = np.random.default_rng(7)
+    for lang in ("fra", "deu", "swh"):  # pivot fra: its own marker, then two languages against it
+        own = lake.completion("m", "c", "eng", lang)
+        files = [WrittenFile.from_record(f) for f in own["files"] if f["table"] == "neuron_counts"]
+        if lang != "fra":
+            mats = {"nas": rng.uniform(-1, 1, size=(2, 4, 4))}
+            stats = {m: match_stats(torch.from_numpy(c)).numpy() for m, c in mats.items()}
+            path = lake.language_file("matches", "m", "c", lang, "fra")
+            files.append(lake.write("matches", matches_table("m", "c", "fra", lang, stats), path))
+        lake.mark_done("m", "c", "fra", lang, f"fp2-{lang}", {"checkpoint_fingerprint": "base"}, files)
+    expected = answers(tmp_path)
+    assert connect(tmp_path).execute("SELECT count(DISTINCT pivot_lang) FROM alignment").fetchone()[0] == 2
+    compact(lake, vacuum_after_s=0)
+    assert all("compacted-" in p for p in lake.view_files().files["neuron_counts"])
+    assert answers(tmp_path) == expected and lake.check() == []
