@@ -4,14 +4,12 @@
                                           [--before-src DIR]
 
 Grows a synthetic lake (benchmarks.bench_report.synthetic_lake: the project's writers, markers and catalogue
-entries; 10 sentences x 12 layers x 4 methods per language) `--step` checkpoints at a time. After each step it
-times `neuronxa-ray sql "select count(*) from alignment_summary"` end to end (a fresh process: start-up, open,
-query) with the new checkpoints as written, then compacts them (`lake compact`, as once each checkpoint is
-complete) and times it again: the opening cost against the number of checkpoints. At the end, on the full lake:
-every score view through the CLI, with the catalogue and compacted, and, with --before-src (a checkout of the
-code before catalogues, e.g. `git archive c717355 | tar -x -C DIR`), the same commands with that code on the
-uncompacted lake (it reads every marker). Peak memory from /usr/bin/time. --keep DIR reuses a lake built before
-(grown to --checkpoints) instead of writing one.
+entries; 10 sentences x 12 layers x 4 methods per language) `--step` checkpoints at a time, timing after each step
+`neuronxa-ray sql "select count(*) from alignment_summary"` end to end (a fresh process: start-up, open, query),
+and with --before-src (a checkout of the code before catalogues, e.g. `git archive c717355 | tar -x -C DIR`) the
+same command with that code, which reads every marker. On the full lake, as written: each score view with both;
+then `lake compact` (timed) and each view again, compacted. Peak memory from /usr/bin/time. --keep DIR writes the
+lake there, and reuses it when it is there already.
 """
 
 from __future__ import annotations
