@@ -795,6 +795,8 @@ class Lake:
             head = e.path.split("/", 1)[0]
             base = posixpath.basename(e.path)
             if (base.startswith(".") and base.endswith(".tmp")) or head == "_probe":
+                if head == "_catalog" and not _stale_temporary(e):
+                    continue  # any writer may be committing right now: only an old one is left over
                 if "_leases/" + "/".join(e.path.split("/")[1:3]) not in live:  # else a live run is writing it
                     problems.append(Problem("temporary", e.path, "left by an interrupted write", (e.path,)))
             elif head in TABLES_WITH_MARKERS and _is_parquet(e.path) and e.path not in named:
@@ -916,6 +918,7 @@ class Lake:
                 base = posixpath.basename(e.path)
                 if base.startswith(".") and base.endswith(".tmp"):
                     deleted.append(e.path)
+        deleted += [e.path for e in self.storage.list("_catalog") if _stale_temporary(e)]
         for rel in deleted + dead:
             self.storage.delete(rel)
         if deleted or dead:
@@ -1029,6 +1032,14 @@ def lease_alive(record: dict, age: float, timeout_s: float) -> bool:
         except PermissionError:  # another user's live process
             return True
     return True
+
+
+CATALOG_TEMPORARY_S = 30.0  # a catalogue write takes milliseconds: a temporary file this old was left by a kill
+
+
+def _stale_temporary(e: Entry) -> bool:
+    base = posixpath.basename(e.path)
+    return base.startswith(".") and base.endswith(".tmp") and time.time() - (e.mtime or 0.0) > CATALOG_TEMPORARY_S
 
 
 def _same_commit(a: dict, b: dict) -> bool:

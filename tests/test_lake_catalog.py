@@ -347,3 +347,17 @@ def test_compaction_of_a_checkpoint_with_two_pivots_keeps_shared_files_once(tmp_
     compact(lake, vacuum_after_s=0)
     assert all("compacted-" in p for p in lake.view_files().files["neuron_counts"])
     assert answers(tmp_path) == expected and lake.check() == []
+
+
+def test_a_catalogue_write_cut_short_is_tidied_once_it_is_old(tmp_path):
+    import os
+    import time
+
+    lake = _lake(tmp_path)
+    tmp = tmp_path / "_catalog" / "log" / ".0001-x.json.abc.tmp"
+    tmp.write_bytes(b"{")
+    assert lake.check() == []  # as young as a write in flight: not a problem
+    old = time.time() - 120
+    os.utime(tmp, (old, old))
+    assert [p.kind for p in lake.check()] == ["temporary"]
+    assert lake.tidy("m", "c", "run-x") == ["_catalog/log/.0001-x.json.abc.tmp"] and lake.check() == []
