@@ -29,18 +29,28 @@ METHODS = ("nas", "nav", "hidden", "hidden_last")
 
 
 def synthetic_lake(
-    root: Path, n_checkpoints: int, n_languages: int, n_sentences: int, n_layers: int, d_ff: int = 64, seed: int = 0
+    root: Path,
+    n_checkpoints: int,
+    n_languages: int,
+    n_sentences: int,
+    n_layers: int,
+    d_ff: int = 64,
+    seed: int = 0,
+    first: int = 0,
+    total: int | None = None,
 ) -> Path:
-    """Scores rise with the step and fall with a per-language difficulty, so every figure has structure."""
-    rng = np.random.default_rng(seed)
+    """Scores rise with the step and fall with a per-language difficulty, so every figure has structure.
+    first/total: write checkpoints first .. first + n_checkpoints - 1 of a run of total (to grow a lake in steps)."""
+    rng = np.random.default_rng(seed + first)
     lake = Lake(root)
     model = "synthetic/model"
     langs = [f"l{i:03d}" for i in range(n_languages)]
     difficulty = rng.uniform(0.0, 1.0, n_languages)
     eye = np.eye(n_sentences)
-    for c in range(n_checkpoints):
+    difficulty = np.random.default_rng(seed).uniform(0.0, 1.0, n_languages)  # the same for every step
+    for c in range(first, first + n_checkpoints):
         ckpt, step = f"step-{(c + 1) * 1000:06d}", (c + 1) * 1000
-        progress = (c + 1) / n_checkpoints
+        progress = (c + 1) / (total or n_checkpoints)
         for li, lang in enumerate(langs):
             layer_shape = np.sin(np.linspace(0.2, np.pi - 0.2, n_layers))[:, None, None]
             mats = {}

@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = lake_sub.add_parser("check", help="list broken, stale and orphaned files (exit 1 if any remain)")
     _lake_arg(check)
     check.add_argument("--repair", action="store_true", help="delete them, so a rerun recomputes exactly those")
+    compact = lake_sub.add_parser(
+        "compact", help="merge each complete checkpoint's per-language matches and neuron_counts into one file each"
+    )
+    _lake_arg(compact)
+    compact.add_argument("--model", help="only this model (default: all)")
+    compact.add_argument("--checkpoint", help="only this checkpoint (default: all complete ones)")
 
     rep = sub.add_parser("report", help="write a self-contained HTML report of the lake (needs the report extra)")
     _lake_arg(rep)
@@ -472,11 +478,21 @@ def cmd_report(args) -> int:
 
 
 def cmd_lake(args) -> int:
-    """lake check [--repair]: exit 0 when the lake is clean, 1 when problems remain."""
+    """lake check [--repair]: exit 0 when the lake is clean, 1 when problems remain. lake compact."""
     from neuronxa_ray.lake import Lake
 
     lake = Lake(_lake_dir(args))
     _check_lake(lake.uri)
+    if args.lake_command == "compact":
+        from neuronxa_ray.compaction import compact
+
+        done = compact(lake, args.model, args.checkpoint)
+        for label, (before, after) in done.compacted.items():
+            print(f"compacted {label}: {before} files -> {after}")
+        for label, why in done.skipped.items():
+            print(f"skipped   {label}: {why}")
+        print(f"lake {lake.uri}: {len(done.compacted)} checkpoint(s) compacted", file=sys.stderr)
+        return 0
     problems = lake.check(repair=False)
     for p in problems:
         print(p)

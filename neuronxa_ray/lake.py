@@ -11,9 +11,12 @@ read by pyarrow or polars is self-describing):
     {lake}/attempts/run_id={r}/part-{n}.parquet
     {lake}/_done/model={m}/checkpoint={c}/pivot_lang={p}/lang={l}.json   (written last: names every file, size, rows)
     {lake}/_leases/model={m}/checkpoint={c}/{run_id}.json                 (a live run's claim, with its heartbeat)
+    {lake}/_catalog/log/*.json, {lake}/_catalog/snapshot-*.parquet       (the committed markers: catalog.py)
+    {lake}/{matches,neuron_counts}/model={m}/checkpoint={c}/compacted-{id}.parquet   (compaction.py)
 The lake is a local directory or an object-store URI (storage.py). Local files are written under a temporary name
 and renamed into place; object-store files once under their final name. A language counts only when its marker
-verifies (files present with the recorded sizes and row counts).
+verifies (files present with the recorded sizes and row counts; `lake check` also compares every byte with the
+recorded CRC-32).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import posixpath
 import re
 import socket
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from neuronxa_ray.catalog import Catalog, CatalogState
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.storage import Entry, Storage
 
@@ -214,25 +219,80 @@ def slug(value: str) -> str:
 
 @dataclass(frozen=True)
 class WrittenFile:
-    """A file the lake wrote: its path relative to the lake root, its size in bytes and its row count."""
+    """A file the lake wrote: its path relative to the lake root, its size in bytes, its row count and the CRC-32
+    of its bytes (None: not recorded, e.g. by an older version). A compacted file holds many languages: rows are
+    this language's, file_rows the whole file's."""
 
     path: str
     bytes: int
     rows: int
     table: str = ""
+    crc32: int | None = None
+    file_rows: int | None = None
 
     def record(self) -> dict:
-        return {
+        out = {
             "table": self.table or self.path.split("/", 1)[0],
             "path": self.path,
             "bytes": self.bytes,
             "rows": self.rows,
         }
+        if self.crc32 is not None:
+            out["crc32"] = self.crc32
+        if self.file_rows is not None:
+            out["file_rows"] = self.file_rows
+        return out
+
+    @classmethod
+    def from_record(cls, f: dict) -> WrittenFile:
+        """The inverse of record(): a marker's file entry, every recorded field kept."""
+        return cls(f["path"], f["bytes"], f["rows"], f.get("table", ""), f.get("crc32"), f.get("file_rows"))
+
+
+def crc32_of(data) -> int:
+    """The CRC-32 of a bytes-like object (zlib's: fast, in the standard library)."""
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+_MARKER_KEYS = ("fingerprint", "model", "checkpoint", "pivot_lang", "lang")
+_FILE_KEYS = {"path": str, "table": str, "bytes": int, "rows": int}
+
+
+def marker_problem(record: object) -> str | None:
+    """What makes a parsed marker invalid as a completion marker, or None (a marker without `files` is legacy)."""
+    if not isinstance(record, dict):
+        return f"not a completion marker (a JSON {type(record).__name__}, not an object)"
+    for key in _MARKER_KEYS:
+        if not isinstance(record.get(key), str) or not record[key]:
+            return f"not a completion marker ({key!r} is {record.get(key, 'missing')!r}, not a string)"
+    for key in ("checkpoint_fingerprint", "precision"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            return f"not a completion marker ({key!r} is {record[key]!r}, not a string)"
+    if "sources" in record and (
+        not isinstance(record["sources"], list) or not all(isinstance(x, str) for x in record["sources"])
+    ):
+        return f"not a completion marker ('sources' is {record['sources']!r}, not a list of markers)"
+    if "files" not in record:
+        return None
+    if not isinstance(record["files"], list):
+        return f"not a completion marker ('files' is {record['files']!r}, not a list)"
+    for f in record["files"]:
+        if not isinstance(f, dict):
+            return f"not a completion marker (a file entry is {f!r}, not an object)"
+        for key, kind in _FILE_KEYS.items():
+            value = f.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+                return f"not a completion marker (file entry {key!r} is {value!r})"
+        for key in ("crc32", "file_rows"):
+            if f.get(key) is not None and (not isinstance(f[key], int) or isinstance(f[key], bool)):
+                return f"not a completion marker (file entry {key!r} is {f[key]!r})"
+    return None
 
 
 @dataclass(frozen=True)
 class Problem:
-    """Something `lake check` found: kind is broken | stale | orphaned | temporary | stale-lease | legacy."""
+    """Something `lake check` found: kind is broken | stale | orphaned | temporary | stale-lease | legacy |
+    catalogue."""
 
     kind: str
     path: str  # the marker, file or lease (relative to the lake root)
@@ -250,6 +310,135 @@ class Scan:
     complete: list[dict]  # marker records that verify and agree with their pivot's checkpoint_fingerprint
     problems: list[Problem]
     excluded: list[str]  # one line per language left out of the views, and why
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # (reason, "model @ checkpoint: lang")
+    free: dict[str, list[str]] = field(default_factory=dict)  # runs/benchmarks/attempts files whose footer reads
+    parsed: dict[str, dict] = field(default_factory=dict)  # marker path -> record, for every valid marker
+    catalog: CatalogState | None = None  # the catalogue as read during the scan
+
+
+LEFT_OUT_BROKEN = "whose files are missing or changed"
+LEFT_OUT_SOURCES = "whose source languages changed or are gone"
+LEFT_OUT_PIVOT = "whose pivot is missing or does not verify"
+LEFT_OUT_SETTINGS = "computed with other settings or weights than their pivot"
+LEFT_OUT_PRECISION = "computed at another precision than their pivot (rerun with --force, or set dtype and device)"
+
+
+def _label(record: dict | None, rel: str) -> str:
+    if isinstance(record, dict) and all(isinstance(record.get(k), str) for k in ("model", "checkpoint", "lang")):
+        pivot = record.get("pivot_lang")
+        pair = f"{pivot}-{record['lang']}" if record.get("sources") and isinstance(pivot, str) else record["lang"]
+        return f"{record['model']} @ {record['checkpoint']}: {pair}"
+    return f"{rel}:"
+
+
+def summarise_left_out(left_out: list[tuple[str, str]], names: int = 8) -> str:
+    """One line for every language left out of the views: counts per reason, a few names each."""
+    by_reason: dict[str, dict[str, list[str]]] = {}
+    for reason, label in left_out:
+        where, _, lang = label.partition(": ")
+        by_reason.setdefault(reason, {}).setdefault(where, []).append(lang)
+    parts = []
+    for reason, where in by_reason.items():
+        n = sum(len(v) for v in where.values())
+        shown = []
+        for place, langs in list(where.items())[:3]:
+            more = f" +{len(langs) - names}" if len(langs) > names else ""
+            shown.append(f"{place}: {', '.join(sorted(langs)[:names])}{more}".strip(": "))
+        extra = f"; +{len(where) - 3} checkpoint(s)" if len(where) > 3 else ""
+        parts.append(f"{n} {reason} ({'; '.join(shown)}{extra})")
+    total = len(left_out)
+    return (
+        f"{total} language(s) left out of the views: {'; '.join(parts)} (`neuronxa-ray lake check` lists each, "
+        "`--repair` removes them for a rerun)"
+    )
+
+
+def visible(ok: dict[str, dict], done_marker) -> tuple[list[dict], list[Problem], list[str], list[tuple[str, str]]]:
+    """The consistency rules over verified markers (path -> record): a language counts when its pivot's marker
+    verifies with the same checkpoint_fingerprint and precision; a pair computed from stored states (`sources`)
+    when both sources verify with the fingerprints it was computed from. Returns (complete records, stale
+    problems, one line per left-out language, (reason, label) per left-out language)."""
+    complete, problems, excluded, left_out = [], [], [], []
+    pivots: dict[tuple[str, str, str], str] = {}  # done_marker slugs every value: once per checkpoint and pivot
+    for rel, record in ok.items():
+        what = f"{record['model']} @ {record['checkpoint']}, pivot {record['pivot_lang']}, {record['lang']}"
+        label = _label(record, rel)
+        if "sources" in record:  # a pair computed from two languages' stored states: both must be current
+            gone = [r for r in record["sources"] if r not in ok]
+            other = [
+                r
+                for r in record["sources"]
+                if r in ok and ok[r].get("checkpoint_fingerprint") != record.get("checkpoint_fingerprint")
+            ]
+            if not gone and record.get("fingerprint") != "+".join(ok[r]["fingerprint"] for r in record["sources"]):
+                other = list(record["sources"])  # a source language was recomputed since the pair was
+            if gone or other:
+                detail = f"its source languages changed or are gone ({', '.join(gone + other)})"
+                excluded.append(f"{what}: {detail}")
+                left_out.append((LEFT_OUT_SOURCES, label))
+                problems.append(Problem("stale", rel, detail, (rel,)))
+            else:
+                complete.append(record)
+            continue
+        key = (record["model"], record["checkpoint"], record["pivot_lang"])
+        pivot_rel = pivots.get(key) or pivots.setdefault(key, done_marker(*key, record["pivot_lang"]))
+        pivot = ok.get(pivot_rel)
+        if pivot is None:
+            excluded.append(f"{what}: its pivot's marker {pivot_rel} is missing or does not verify")
+            left_out.append((LEFT_OUT_PIVOT, label))
+            continue
+        if pivot.get("checkpoint_fingerprint") != record.get("checkpoint_fingerprint"):
+            detail = (
+                f"computed with other settings or weights than its pivot (checkpoint_fingerprint "
+                f"{record.get('checkpoint_fingerprint')!r} vs {pivot.get('checkpoint_fingerprint')!r})"
+            )
+            excluded.append(f"{what}: {detail}")
+            left_out.append((LEFT_OUT_SETTINGS, label))
+            problems.append(Problem("stale", rel, detail, (rel,)))
+            continue
+        if pivot.get("precision") and record.get("precision") and pivot["precision"] != record["precision"]:
+            detail = (
+                f"computed as {record['precision']}, its pivot as {pivot['precision']} (dtype or device 'auto' "
+                "resolved on other hardware): rerun with --force, or set dtype and device"
+            )
+            excluded.append(f"{what}: {detail}")
+            left_out.append((LEFT_OUT_PRECISION, f"{label} as {record['precision']}, pivot {pivot['precision']}"))
+            problems.append(Problem("stale", rel, detail, (rel,)))
+            continue
+        complete.append(record)
+    return complete, problems, excluded, left_out
+
+
+@dataclass
+class ViewFiles:
+    """What the views read: table -> files, and for compacted files of which only some languages are current,
+    file -> the (pivot_lang, lang) keys (pair tables) or (lang,) keys to read from it."""
+
+    files: dict[str, list[str]]
+    partial: dict[str, dict[str, list[tuple[str, ...]]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, complete: list[dict], free: dict[str, list[str]]) -> ViewFiles:
+        files: dict[str, dict[str, None]] = {t: {} for t in (*TABLES_WITH_MARKERS, *FREE_TABLES)}
+        keys: dict[str, dict[tuple[str, ...], int]] = {}  # compacted file -> current key -> its rows there
+        whole: dict[str, int] = {}
+        for record in complete:
+            for f in record["files"]:
+                if f["table"] not in files:
+                    continue
+                files[f["table"]][f["path"]] = None
+                if f.get("file_rows") is not None:  # a compacted file: which of its languages are current
+                    whole[f["path"]] = f["file_rows"]
+                    key = (record["pivot_lang"], record["lang"]) if f["table"] in PAIR_TABLES else (record["lang"],)
+                    keys.setdefault(f["path"], {})[key] = f["rows"]
+        for table, paths in free.items():
+            files[table].update(dict.fromkeys(paths))
+        partial: dict[str, dict[str, list[tuple[str, ...]]]] = {}
+        for table, paths in files.items():
+            for path in paths:
+                if path in whole and sum(keys[path].values()) != whole[path]:
+                    partial.setdefault(table, {})[path] = sorted(keys[path])
+        return cls({t: sorted(v) for t, v in files.items()}, partial)
 
 
 @dataclass
@@ -361,10 +550,11 @@ class Lake:
         data = pa.table(data, schema=schema) if isinstance(data, dict) else data.cast(schema)
         rel = self.storage.relative(path)
         options = WRITE_OPTIONS.get(table, {})
-        size = self.storage.write_with(
-            rel, lambda out: pq.write_table(data, out, compression="zstd", row_group_size=64 * 1024, **options)
-        )
-        return WrittenFile(rel, size, data.num_rows, table)
+        sink = pa.BufferOutputStream()  # the bytes once in memory (compressed, smaller than the table): checksummed
+        pq.write_table(data, sink, compression="zstd", row_group_size=64 * 1024, **options)
+        buffer = sink.getvalue()
+        self.storage.write_bytes(rel, buffer)
+        return WrittenFile(rel, buffer.size, data.num_rows, table, crc32_of(buffer))
 
     def write_run(self, row: dict) -> WrittenFile:
         """One row of the runs table (a rerun adds a file; latest_runs keeps the newest)."""
@@ -410,17 +600,66 @@ class Lake:
             "written_at": time.time(),
             "files": [f.record() for f in files or []],
         }
-        self.storage.write_bytes(self.done_marker(model, checkpoint, pivot, lang), json.dumps(record).encode())
+        rel = self.done_marker(model, checkpoint, pivot, lang)
+        data = json.dumps(record).encode()
+        self.storage.write_bytes(rel, data)
+        # after the marker (markers are the truth): the catalogue entry that readers open the lake from
+        Catalog(self.storage).commit({rel: record}, self.marker_index, sizes={rel: len(data)})
+
+    def markers(self, prefix: str = "_done") -> dict[str, dict]:
+        """Marker path -> record of every valid marker under prefix (read in parallel; invalid ones left out)."""
+        return self.marker_index(prefix)[0]
+
+    def marker_index(self, prefix: str = "_done", listed: list[Entry] | None = None, workers: int = 16):
+        """({marker path: record}, {marker path: bytes}) of every valid marker under prefix (or of listed)."""
+        entries = self.storage.list(prefix) if listed is None else listed
+        entries = [e for e in entries if e.path.endswith(".json") and not posixpath.basename(e.path).startswith(".")]
+
+        def read(rel: str) -> dict | None:
+            try:
+                return self._read_marker(rel)
+            except (OSError, ValueError):
+                return None
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            records = dict(zip([e.path for e in entries], pool.map(read, [e.path for e in entries])))
+        return {r: v for r, v in records.items() if v is not None}, {e.path: e.size for e in entries if records[e.path]}
+
+    def reconcile(self, model: str, checkpoint: str) -> int:
+        """Bring the catalogue in line with one checkpoint's markers (a writer that died between its marker and
+        its catalogue entry, a marker deleted by hand); returns the markers changed. Called under a run's lease."""
+        prefix = self._partition("_done", model, checkpoint) + "/"
+        catalog = Catalog(self.storage)
+        state = catalog.load() or CatalogState()
+        markers, sizes = self.marker_index(prefix)
+        current = {rel: r for rel, r in state.markers.items() if rel.startswith(prefix)}
+        changes: dict[str, dict | None] = {rel: r for rel, r in markers.items() if current.get(rel) != r}
+        changes.update({rel: None for rel in current if rel not in markers})
+        if changes:
+            catalog.commit(changes, self.marker_index, sizes={r: sizes[r] for r in changes if r in sizes})
+            log.info("lake %s: catalogue brought in line with %d marker(s) of %s @ %s", self.uri, len(changes),
+                     model, checkpoint)  # fmt: skip
+        return len(changes)
 
     # -- reading and verification --------------------------------------------------------------------------------
     def _read_marker(self, rel: str) -> dict:
+        """The marker's record, validated (NeuronxaError, a ValueError, when it is JSON but not a marker)."""
         record = json.loads(self.storage.read_bytes(rel))
-        if not isinstance(record, dict) or "fingerprint" not in record:
-            raise NeuronxaError("not a completion marker")
+        wrong = marker_problem(record)
+        if wrong:
+            raise NeuronxaError(wrong)
+        if "files" in record and rel != self.done_marker(
+            record["model"], record["checkpoint"], record["pivot_lang"], record["lang"]
+        ):
+            raise NeuronxaError(
+                f"the marker of {record['model']} @ {record['checkpoint']}, pivot {record['pivot_lang']}, "
+                f"{record['lang']} lies at another language's path"
+            )
         return record
 
-    def verify(self, record: dict, sizes: dict[str, int] | None = None) -> list[str]:
-        """What is wrong with a marker's files (missing, other size, unreadable footer, other row count); [] if ok.
+    def verify(self, record: dict, sizes: dict[str, int] | None = None, checksums: bool = False) -> list[str]:
+        """What is wrong with a marker's files (missing, other size, unreadable footer, other row count, and with
+        checksums=True other bytes than the recorded CRC-32); [] if ok.
 
         sizes: path -> bytes from one listing (saves a request per file on object stores)."""
         if "files" not in record:
@@ -436,13 +675,22 @@ class Lake:
                 wrong.append(f"{path} has {size} bytes, the marker recorded {f['bytes']}")
                 continue
             try:
-                with self.storage.open_input_file(path) as src:
-                    rows = pq.read_metadata(src).num_rows
+                if checksums and f.get("crc32") is not None:
+                    data = self.storage.read_bytes(path)
+                    if crc32_of(data) != f["crc32"]:
+                        wrong.append(f"{path} has other bytes than written (checksum {crc32_of(data):08x}, the "
+                                     f"marker recorded {f['crc32']:08x})")  # fmt: skip
+                        continue
+                    rows = pq.read_metadata(pa.BufferReader(data)).num_rows
+                else:
+                    with self.storage.open_input_file(path) as src:
+                        rows = pq.read_metadata(src).num_rows
             except (OSError, pa.ArrowException) as e:
                 wrong.append(f"{path} is not readable Parquet ({' '.join(str(e).split())[:120]})")
                 continue
-            if rows != f["rows"]:
-                wrong.append(f"{path} has {rows} rows, the marker recorded {f['rows']}")
+            expected = f.get("file_rows", f["rows"])
+            if rows != expected:
+                wrong.append(f"{path} has {rows} rows, the marker recorded {expected}")
         return wrong
 
     def completion(self, model: str, checkpoint: str, pivot: str, lang: str) -> dict | None:
@@ -504,8 +752,9 @@ class Lake:
                 f"schema {SCHEMA_VERSION} (pivot_lang): rerun into a new lake"
             )
 
-    def scan(self, workers: int = 16) -> Scan:
-        """Read and verify every marker (one listing, markers and Parquet footers read in parallel)."""
+    def scan(self, workers: int = 16, checksums: bool = False) -> Scan:
+        """Read and verify every marker (one listing, markers and Parquet footers read in parallel; with checksums
+        every byte of every file against its recorded CRC-32), and every runs/benchmarks/attempts footer."""
         entries = self.storage.list()
         self._reject_schema_1(entries)
         sizes = {e.path: e.size for e in entries}
@@ -515,80 +764,71 @@ class Lake:
             try:
                 record = self._read_marker(rel)
             except (OSError, ValueError) as e:
-                return rel, None, [f"unreadable marker ({' '.join(str(e).split())[:120]})"]
-            return rel, record, self.verify(record, sizes)
+                return rel, None, [f"unreadable marker ({' '.join(str(e).split())[:160]})"]
+            return rel, record, self.verify(record, sizes, checksums)
 
+        free = [e.path for e in entries if e.path.split("/", 1)[0] in FREE_TABLES and _is_parquet(e.path)]
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(load, marker_paths))
+            unreadable = dict(zip(free, pool.map(self._unreadable, free)))
         problems: list[Problem] = []
         ok: dict[str, dict] = {}
         for rel, record, wrong in results:
             if not wrong:
                 ok[rel] = record
         named_by_ok = {f["path"] for r in ok.values() for f in r["files"]}
+        left_out: list[tuple[str, str]] = []
         for rel, record, wrong in results:
             if wrong:
                 own = tuple(f["path"] for f in (record or {}).get("files", []) if f["path"] not in named_by_ok)
                 own = tuple(p for p in own if p in sizes)
                 kind = "legacy" if record is not None and "files" not in record else "broken"
                 problems.append(Problem(kind, rel, "; ".join(wrong), (rel, *own)))
-        complete, excluded = [], []
-        for rel, record in ok.items():
-            what = f"{record['model']} @ {record['checkpoint']}, pivot {record['pivot_lang']}, {record['lang']}"
-            if "sources" in record:  # a pair computed from two languages' stored states: both must be current
-                gone = [r for r in record["sources"] if r not in ok]
-                other = [
-                    r
-                    for r in record["sources"]
-                    if r in ok and ok[r].get("checkpoint_fingerprint") != record.get("checkpoint_fingerprint")
-                ]
-                if not gone and record.get("fingerprint") != "+".join(ok[r]["fingerprint"] for r in record["sources"]):
-                    other = list(record["sources"])  # a source language was recomputed since the pair was
-                if gone or other:
-                    detail = f"its source languages changed or are gone ({', '.join(gone + other)})"
-                    excluded.append(f"{what}: {detail}")
-                    problems.append(Problem("stale", rel, detail, (rel,)))
-                else:
-                    complete.append(record)
-                continue
-            pivot_rel = self.done_marker(
-                record["model"], record["checkpoint"], record["pivot_lang"], record["pivot_lang"]
-            )
-            pivot = ok.get(pivot_rel)
-            if pivot is None:
-                excluded.append(f"{what}: its pivot's marker {pivot_rel} is missing or does not verify")
-                continue
-            if pivot.get("checkpoint_fingerprint") != record.get("checkpoint_fingerprint"):
-                detail = (
-                    f"computed with other settings or weights than its pivot (checkpoint_fingerprint "
-                    f"{record.get('checkpoint_fingerprint')!r} vs {pivot.get('checkpoint_fingerprint')!r})"
-                )
-                excluded.append(f"{what}: {detail}")
-                problems.append(Problem("stale", rel, detail, (rel,)))
-                continue
-            if pivot.get("precision") and record.get("precision") and pivot["precision"] != record["precision"]:
-                detail = (
-                    f"computed as {record['precision']}, its pivot as {pivot['precision']} (dtype or device 'auto' "
-                    "resolved on other hardware): rerun with --force, or set dtype and device"
-                )
-                excluded.append(f"{what}: {detail}")
-                problems.append(Problem("stale", rel, detail, (rel,)))
-                continue
-            complete.append(record)
-        # Orphans: Parquet files no verified marker names, outside (model, checkpoint)s a live run is writing.
+                left_out.append((LEFT_OUT_BROKEN, _label(record, rel)))
+        complete, stale, excluded, more = visible(ok, self.done_marker)
+        problems += stale
+        left_out += more
+        for rel, why in unreadable.items():
+            if why:
+                problems.append(Problem("broken", rel, why, (rel,)))
+        # Orphans: Parquet files no verified marker names, outside (model, checkpoint)s a live run is writing, and
+        # not superseded by a compaction (those are deleted once no reader can be using them).
         live = {posixpath.dirname(lease) for lease in self._live_leases(entries, problems)}
         named = named_by_ok | {f["path"] for _, r, _ in results if r for f in r.get("files", [])}
+        state = self._catalog_state(quiet=True)
+        superseded = set(state.superseded) if state else set()
         for e in entries:
             head = e.path.split("/", 1)[0]
             base = posixpath.basename(e.path)
             if (base.startswith(".") and base.endswith(".tmp")) or head == "_probe":
+                if head == "_catalog" and not _stale_temporary(e):
+                    continue  # any writer may be committing right now: only an old one is left over
                 if "_leases/" + "/".join(e.path.split("/")[1:3]) not in live:  # else a live run is writing it
                     problems.append(Problem("temporary", e.path, "left by an interrupted write", (e.path,)))
             elif head in TABLES_WITH_MARKERS and _is_parquet(e.path) and e.path not in named:
                 key = "_leases/" + "/".join(e.path.split("/")[1:3])
-                if key not in live:
+                if key not in live and e.path not in superseded:
                     problems.append(Problem("orphaned", e.path, "no completion marker names it", (e.path,)))
-        return Scan(complete, problems, excluded)
+        parsed = {rel: r for rel, r, _ in results if r is not None}
+        free_ok = {t: [p for p in free if p.startswith(t + "/") and not unreadable[p]] for t in FREE_TABLES}
+        return Scan(complete, problems, excluded, left_out, free_ok, parsed, state)
+
+    def _unreadable(self, rel: str) -> str | None:
+        """Why a runs/benchmarks/attempts file cannot be read as Parquet, or None."""
+        try:
+            with self.storage.open_input_file(rel) as src:
+                pq.read_metadata(src)
+            return None
+        except (OSError, pa.ArrowException) as e:
+            return f"not readable Parquet ({' '.join(str(e).split())[:120]})"
+
+    def _catalog_state(self, quiet: bool = False) -> CatalogState | None:
+        try:
+            return Catalog(self.storage).load()
+        except (OSError, ValueError, pa.ArrowException) as e:
+            if not quiet:
+                log.warning("lake %s: the catalogue is unreadable (%s); reading every marker", self.uri, e)
+            return None
 
     def _live_leases(self, entries: list[Entry], problems: list[Problem]) -> list[str]:
         live = []
@@ -608,40 +848,61 @@ class Lake:
                 live.append(e.path)
         return live
 
+    def view_files(self, workers: int = 16) -> ViewFiles:
+        """What the views read: the files of complete, consistent languages (from the catalogue when the lake has
+        one, checked against one listing of each table's sizes; else from every marker, verified), and the runs,
+        benchmarks and attempts files whose Parquet footer reads. What is left out is said in one line."""
+        state = self._catalog_state()
+        if state is None:
+            scan = self.scan(workers)
+            complete, left_out, free = scan.complete, scan.left_out, scan.free
+            bad_free = [p for p in scan.problems if p.path.split("/", 1)[0] in FREE_TABLES]
+        else:
+            markers = self._listed_markers(state)
+            sizes = {p: n for t in TABLES_WITH_MARKERS for p, n in self.storage.sizes(t).items()}
+            ok, left_out = {}, []
+            for rel, record in markers.items():
+                files = record.get("files")
+                if isinstance(files, list) and all(sizes.get(f["path"]) == f["bytes"] for f in files):
+                    ok[rel] = record
+                else:
+                    left_out.append((LEFT_OUT_BROKEN, _label(record, rel)))
+            complete, _, _, more = visible(ok, self.done_marker)
+            left_out += more
+            listed = sorted(p for t in FREE_TABLES for p in self.storage.sizes(t) if _is_parquet(p))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                why = dict(zip(listed, pool.map(self._unreadable, listed)))
+            free = {t: [p for p in listed if p.startswith(t + "/") and not why[p]] for t in FREE_TABLES}
+            bad_free = [Problem("broken", p, w, (p,)) for p, w in why.items() if w]
+        if left_out:
+            log.warning("lake %s: %s", self.uri, summarise_left_out(left_out))
+        for p in bad_free:
+            log.warning("lake %s: skipped unreadable file %s (%s)", self.uri, p.path, p.detail)
+        return ViewFiles.of(complete, free)
+
+    def _listed_markers(self, state: CatalogState) -> dict[str, dict]:
+        """The catalogue's records of the markers one listing of _done/ shows: a marker the catalogue lacks or
+        holds at another size (a writer died between the two, a marker rewritten) is read; one deleted is gone."""
+        listed = {p: n for p, n in self.storage.sizes("_done").items() if p.endswith(".json")}
+        out, unread = {}, []
+        for path, size in listed.items():
+            record = state.markers.get(path)
+            if record is not None and state.sizes.get(path, -1) == size:
+                out[path] = record
+            else:
+                unread.append(Entry(path, size))
+        if unread:
+            out.update(self.marker_index(listed=unread)[0])
+        return out
+
     def verified_files(self, workers: int = 16) -> dict[str, list[str]]:
-        """table -> the files views may read: marker-verified files of complete languages, and the runs,
-        benchmarks and attempts files whose Parquet footer reads (others skipped with a warning naming them)."""
-        scan = self.scan(workers)
-        for line in scan.excluded:
-            log.warning("lake %s: left out %s", self.uri, line)
-        for p in scan.problems:
-            if p.kind in ("broken", "legacy"):
-                log.warning("lake %s: left out %s (%s)", self.uri, p.path, p.detail)
-        out: dict[str, list[str]] = {t: [] for t in (*TABLES_WITH_MARKERS, *FREE_TABLES)}
-        for record in scan.complete:
-            for f in record["files"]:
-                if f["table"] in out and f["path"] not in out[f["table"]]:
-                    out[f["table"]].append(f["path"])
-
-        def readable(rel: str) -> str | None:
-            try:
-                with self.storage.open_input_file(rel) as src:
-                    pq.read_metadata(src)
-                return rel
-            except (OSError, pa.ArrowException) as e:
-                log.warning("lake %s: skipped unreadable file %s (%s)", self.uri, rel, " ".join(str(e).split())[:120])
-                return None
-
-        free = [(t, p) for t in FREE_TABLES for p in self.files(t)]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for (table, _), ok in zip(free, pool.map(lambda tp: readable(tp[1]), free)):
-                if ok:
-                    out[table].append(ok)
-        return {t: sorted(v) for t, v in out.items()}
+        """table -> the files views may read (see view_files)."""
+        return self.view_files(workers).files
 
     def tidy(self, model: str, checkpoint: str, run_id: str) -> list[str]:
         """Delete what dead runs left in one checkpoint (temporary files, stale leases) when no other live run
         writes it; called by a run that holds its lease. Returns the deleted paths."""
+        self.reconcile(model, checkpoint)
         leases = [e for e in self.storage.list(self._lease_dir(model, checkpoint)) if e.path.endswith(".json")]
         others, dead = [], []
         for e in leases:
@@ -663,6 +924,7 @@ class Lake:
                 base = posixpath.basename(e.path)
                 if base.startswith(".") and base.endswith(".tmp"):
                     deleted.append(e.path)
+        deleted += [e.path for e in self.storage.list("_catalog") if _stale_temporary(e)]
         for rel in deleted + dead:
             self.storage.delete(rel)
         if deleted or dead:
@@ -676,15 +938,41 @@ class Lake:
         return deleted + dead
 
     def check(self, repair: bool = False) -> list[Problem]:
-        """What is broken, stale or orphaned; with repair, delete it (a rerun recomputes exactly those)."""
-        problems = self.scan().problems
+        """What is broken (checksums included), stale or orphaned, and whether the catalogue agrees with the
+        markers; with repair, delete what is wrong (a rerun recomputes exactly those) and rebuild the catalogue
+        from the markers."""
+        scan = self.scan(checksums=True)
+        problems = scan.problems + self._catalog_problems(scan)
         if repair:
             for p in problems:
                 for rel in p.delete:
                     self.storage.delete(rel)
                     log.info("deleted %s", rel)
-            problems = self.scan().problems
+            if problems or scan.catalog is not None:
+                from neuronxa_ray.compaction import vacuum
+
+                kept = vacuum(self, scan.catalog)
+                Catalog(self.storage).rebuild(self.marker_index, kept)
+                scan = self.scan(checksums=True)
+            problems = scan.problems + self._catalog_problems(scan)
         return problems
+
+    def _catalog_problems(self, scan: Scan) -> list[Problem]:
+        """The catalogue against the markers (both as read by scan): missing, or naming other records."""
+        if scan.catalog is None:
+            if not scan.parsed:
+                return []
+            detail = "the lake has no catalogue (written before catalogues): every query reads every marker"
+            return [Problem("catalogue", "_catalog", detail + "; --repair builds it")]
+        listed = scan.catalog.markers
+        differ = sorted(
+            set(listed) ^ set(scan.parsed)
+            | {r for r in listed if r in scan.parsed and not _same_commit(listed[r], scan.parsed[r])}
+        )
+        if not differ:
+            return []
+        detail = f"{len(differ)} marker(s) differ from the catalogue (e.g. {differ[0]}); --repair rebuilds it"
+        return [Problem("catalogue", "_catalog", detail)]
 
     # -- concurrent writers --------------------------------------------------------------------------------------
     def acquire(
@@ -750,6 +1038,21 @@ def lease_alive(record: dict, age: float, timeout_s: float) -> bool:
         except PermissionError:  # another user's live process
             return True
     return True
+
+
+CATALOG_TEMPORARY_S = 30.0  # a catalogue write takes milliseconds: a temporary file this old was left by a kill
+
+
+def _stale_temporary(e: Entry) -> bool:
+    base = posixpath.basename(e.path)
+    return base.startswith(".") and base.endswith(".tmp") and time.time() - (e.mtime or 0.0) > CATALOG_TEMPORARY_S
+
+
+def _same_commit(a: dict, b: dict) -> bool:
+    """Two records of one marker that differ only in who wrote them when (runs with the same settings write the
+    same files)."""
+    who = ("written_at", "host", "run_id")
+    return {k: v for k, v in a.items() if k not in who} == {k: v for k, v in b.items() if k not in who}
 
 
 def _is_parquet(path: str) -> bool:

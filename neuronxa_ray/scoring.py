@@ -182,7 +182,7 @@ def compute_pairs(
                 written = lake.write("matches", table, lake.language_file("matches", model, checkpoint, lang, p))
                 if p == base:  # the language's own marker gains its matches file
                     record = sources[lang]
-                    files = [WrittenFile(f["path"], f["bytes"], f["rows"], f["table"]) for f in record["files"]]
+                    files = [WrittenFile.from_record(f) for f in record["files"]]
                     files = [f for f in files if f.path != written.path] + [written]
                     info = {k: v for k, v in record.items() if k not in ("fingerprint", "files")}
                     lake.mark_done(model, checkpoint, p, lang, record["fingerprint"], info, files)

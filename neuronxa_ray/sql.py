@@ -16,11 +16,20 @@ import pyarrow as pa
 from neuronxa_ray.lake import Lake, table_schema
 from neuronxa_ray.stats import register as register_functions
 
+UNIFORM = ("matches", "neuron_counts")  # one schema in every file (sentence_states: float16 or float32 states)
 RAW_TABLES = ("sentence_states", "neuron_counts", "matches", "similarity", "runs", "benchmarks", "attempts")
 
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _partial_select(con, name: str, source: str, keys: list[tuple[str, ...]], arrow: bool = False) -> str:
+    """Rows of a compacted file whose (pivot_lang, lang) or (lang,) is among keys (the languages still current)."""
+    columns = ["pivot_lang", "lang"] if len(keys[0]) == 2 else ["lang"]
+    con.register(name, pa.table({c: [k[i] for k in keys] for i, c in enumerate(columns)}))
+    scan = source if arrow else f"read_parquet([{source}], hive_partitioning = false)"
+    return f"SELECT * FROM {scan} WHERE ({', '.join(columns)}) IN (SELECT ({', '.join(columns)}) FROM {name})"
 
 
 def sql_texts() -> list[tuple[str, str]]:
@@ -54,26 +63,40 @@ def connect(lake: str | Path | Lake, database: str = ":memory:", reader: str = "
     native = reader == "duckdb" or (reader == "auto" and lake.storage.is_local)
     if native and not lake.storage.is_local:
         raise ValueError(f"reader 'duckdb' needs a local lake; {lake.uri!r} is remote (use reader 'arrow')")
-    files = lake.verified_files()
+    view = lake.view_files()
     con = duckdb.connect(database)
     for table in RAW_TABLES:
-        paths = files.get(table, [])
+        paths = view.files.get(table, [])
+        partial = view.partial.get(table, {})
         schema = table_schema(table)
+        whole = [p for p in paths if p not in partial]
         if not paths:  # no files yet: an empty view with the table's columns, so every query still binds
             con.register(f"_empty_{table}", pa.table({f.name: pa.array([], f.type) for f in schema}))
             con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _empty_{table}")
         elif native:
-            listed = ", ".join(_quote(lake.storage.path(p)) for p in paths)
-            con.execute(
-                f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet([{listed}], union_by_name = true, "
-                "hive_partitioning = false)"
-            )
+            parts = []
+            if whole:
+                listed = ", ".join(_quote(lake.storage.path(p)) for p in whole)
+                union = "false" if table in UNIFORM else "true"  # union_by_name opens every file when views bind
+                parts.append(
+                    f"SELECT * FROM read_parquet([{listed}], union_by_name = {union}, hive_partitioning = false)"
+                )
+            for i, (path, keys) in enumerate(partial.items()):  # compacted files of which some languages are current
+                parts.append(_partial_select(con, f"_keys_{table}_{i}", _quote(lake.storage.path(path)), keys))
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS " + " UNION ALL BY NAME ".join(parts))
         else:
-            dataset = ds.dataset(
-                [lake.storage.path(p) for p in paths], schema=schema, format="parquet", filesystem=lake.storage.fs
-            )
-            con.register(f"_arrow_{table}", dataset)
-            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _arrow_{table}")
+            parts = []
+            if whole:
+                dataset = ds.dataset(
+                    [lake.storage.path(p) for p in whole], schema=schema, format="parquet", filesystem=lake.storage.fs
+                )
+                con.register(f"_arrow_{table}", dataset)
+                parts.append(f"SELECT * FROM _arrow_{table}")
+            for i, (path, keys) in enumerate(partial.items()):
+                one = ds.dataset([lake.storage.path(path)], schema=schema, format="parquet", filesystem=lake.storage.fs)
+                con.register(f"_arrow_{table}_{i}", one)
+                parts.append(_partial_select(con, f"_keys_{table}_{i}", f"_arrow_{table}_{i}", keys, arrow=True))
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS " + " UNION ALL BY NAME ".join(parts))
     register_functions(con)  # p-values, confidence intervals, canonical_lang(): the views below call them
     for _, text in sql_texts():
         con.execute(text)

@@ -235,6 +235,33 @@ class Storage:
                 out.append(Entry(rel_path, fi.size, fi.mtime.timestamp() if fi.mtime else None))
         return sorted(out, key=lambda e: e.path)
 
+    def sizes(self, rel: str = "") -> dict[str, int]:
+        """path -> bytes of every file under rel (recursive; {} when rel does not exist): list() without the
+        modification times or sorting, for listings of many files (locally with os.scandir, a few times faster)."""
+        root = self.path(rel) if rel else self.base
+        if not self.is_local:
+            try:
+                infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+            except (FileNotFoundError, NotADirectoryError):
+                return {}
+            n = len(self.base.rstrip("/")) + 1
+            return {fi.path[n:]: fi.size for fi in infos if fi.type == pafs.FileType.File}
+        out: dict[str, int] = {}
+        n = len(self.base.rstrip(os.sep)) + 1
+        stack = [root]
+        while stack:
+            try:
+                entries = os.scandir(stack.pop())
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with entries:
+                for e in entries:
+                    if e.is_dir():
+                        stack.append(e.path)
+                    elif e.is_file():
+                        out[e.path[n:].replace(os.sep, "/")] = e.stat().st_size
+        return out
+
     # -- writing -------------------------------------------------------------------------------------------------
     def write_with(self, rel: str, writer) -> int:
         """The one atomic-write helper: writer(stream) writes the whole file; readers see all of it or none.

@@ -1,0 +1,103 @@
+"""A lake that keeps up with a training run: opening the lake and each score view through the CLI, as it grows.
+
+    python -m benchmarks.bench_lake_scale [--checkpoints 100] [--languages 100] [--step 20] [--keep DIR]
+                                          [--before-src DIR]
+
+Grows a synthetic lake (benchmarks.bench_report.synthetic_lake: the project's writers, markers and catalogue
+entries; 10 sentences x 12 layers x 4 methods per language) `--step` checkpoints at a time, timing after each step
+`neuronxa-ray sql "select count(*) from alignment_summary"` end to end (a fresh process: start-up, open, query),
+and with --before-src (a checkout of the code before catalogues, e.g. `git archive c717355 | tar -x -C DIR`) the
+same command with that code, which reads every marker. On the full lake, as written: each score view with both;
+then `lake compact` (timed) and each view again, compacted. Peak memory from /usr/bin/time. --keep DIR writes the
+lake there, and reuses it when it is there already.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.bench_report import synthetic_lake
+
+VIEWS = {
+    "alignment_summary": "select count(*) from alignment_summary",
+    "alignment": "select count(*) from alignment",
+    "retrieval": "select count(*) from retrieval",
+    "matches": "select count(*) from matches",
+    "training_curve": "select count(*) from training_curve",
+    "one checkpoint": "select avg(score_mean) from alignment_summary where checkpoint = 'step-050000'",
+}
+
+BEFORE = ("alignment_summary", "alignment", "matches")  # the old code's figures (it takes ~40 s a query at 10,000)
+
+
+def cli(lake: Path, query: str, src: str | None = None) -> tuple[float, float, str]:
+    """(seconds, peak MiB, stdout) of `neuronxa-ray sql` in a fresh process; src: run another checkout's code."""
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "neuronxa_ray.cli", "sql", "--lake", str(lake), "--format", "csv", query]
+    if src:
+        env["PYTHONPATH"] = src
+        env["NEURONXA_RAY_SQL_DIR"] = str(Path(src) / "sql")
+    timed = ["/usr/bin/time", "-f", "%M", *cmd] if Path("/usr/bin/time").exists() else cmd
+    start = time.perf_counter()
+    out = subprocess.run(timed, capture_output=True, text=True, env=env, cwd=src or None)
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr[-2000:]}")
+    peak = float(out.stderr.strip().splitlines()[-1]) / 1024 if timed is not cmd else float("nan")
+    return elapsed, peak, out.stdout.strip().splitlines()[-1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--checkpoints", type=int, default=100)
+    ap.add_argument("--languages", type=int, default=100)
+    ap.add_argument("--step", type=int, default=20)
+    ap.add_argument("--keep", help="write (or reuse) the lake here")
+    ap.add_argument("--before-src", help="a checkout of the code before catalogues, for the before figures")
+    args = ap.parse_args()
+    from neuronxa_ray.compaction import compact
+
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lake-scale-")) / "lake"
+    units = args.checkpoints * args.languages
+    print(f"lake {root}: {args.checkpoints} checkpoints x {args.languages} languages = {units} units")
+    query = VIEWS["alignment_summary"]
+    if not (root / "_done").exists():
+        print(f"{'checkpoints':>11} {'units':>6} {'write s':>8} {'sql, catalogue':>15} {'sql, before':>12}")
+        for first in range(0, args.checkpoints, args.step):
+            n = min(args.step, args.checkpoints - first)
+            start = time.perf_counter()
+            synthetic_lake(root, n, args.languages, 10, 12, first=first, total=args.checkpoints)
+            write_s = time.perf_counter() - start
+            now, _, _ = cli(root, query)
+            before = f"{cli(root, query, args.before_src)[0]:>10.2f} s" if args.before_src else ""
+            done = first + n
+            print(f"{done:>11} {done * args.languages:>6} {write_s:>8.1f} {now:>13.2f} s {before}", flush=True)
+    compacted = any(root.glob("matches/*/*/compacted-*.parquet"))
+    if not compacted:
+        for name, q in VIEWS.items():
+            if args.before_src and name in BEFORE:
+                t, mem, out = cli(root, q, args.before_src)
+                print(f"before     {name:<18} {t:6.2f} s  {mem:6.0f} MiB  -> {out}", flush=True)
+            t, mem, out = cli(root, q)
+            print(f"catalogue  {name:<18} {t:6.2f} s  {mem:6.0f} MiB  -> {out}", flush=True)
+        start = time.perf_counter()
+        done = compact(root)
+        print(f"lake compact: {len(done.compacted)} checkpoints in {time.perf_counter() - start:.1f} s", flush=True)
+    files = sum(1 for _ in root.rglob("*.parquet"))
+    print(f"{files} Parquet files in the lake (superseded ones included until vacuumed)")
+    for name, q in VIEWS.items():
+        t, mem, out = cli(root, q)
+        print(f"compacted  {name:<18} {t:6.2f} s  {mem:6.0f} MiB  -> {out}", flush=True)
+    if not args.keep:
+        shutil.rmtree(root.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Compaction: a complete checkpoint's small per-language files merged into one file per table, atomically.
+
+    {lake}/matches/model={m}/checkpoint={c}/compacted-{id}.parquet         every (pivot_lang, lang) of the checkpoint
+    {lake}/neuron_counts/model={m}/checkpoint={c}/compacted-{id}.parquet   every lang
+
+Only the small tables are compacted (matches, neuron_counts: a few kB per language); sentence_states and
+similarity files are large already and stay per language (compute_pairs and read_states read them by path).
+Rows are sorted by (pivot_lang, lang, method, layer, ...), so a query about one language reads a few row groups.
+
+Steps, each leaving a lake whose views give the same answers:
+ 1. write the compacted files (new names; nothing names them yet: a crash leaves orphans `lake check` removes);
+ 2. rewrite each language's marker to name the compacted file (its rows there, the file's rows, the file's
+    CRC-32) instead of its own file (a crash here: some markers name the compacted file, some their own, both
+    verify; the catalogue still names the old files, which are all still there);
+ 3. one catalogue entry switches every language of the checkpoint at once and lists the old files as superseded
+    (readers see the old files or the new ones, never a mix);
+ 4. superseded files are deleted once older than VACUUM_S (a query started before step 3 can still read them) by
+    a later compaction or `lake check --repair`.
+A language recomputed after compaction gets its own file again; views then read the compacted file without it
+(ViewFiles.partial) until the next compaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from neuronxa_ray.catalog import Catalog, CatalogState
+from neuronxa_ray.lake import (
+    PAIR_TABLES,
+    TABLES_WITH_MARKERS,
+    WRITE_OPTIONS,
+    Lake,
+    WrittenFile,
+    crc32_of,
+    lease_alive,
+    table_schema,
+    visible,
+)
+
+log = logging.getLogger(__name__)
+
+COMPACTED_TABLES = ("matches", "neuron_counts")
+VACUUM_S = 600.0  # superseded files outlive the switch by this long: queries that started before it still read them
+SORT = {
+    "matches": ["pivot_lang", "lang", "method", "layer", "sentence"],
+    "neuron_counts": ["lang", "layer", "neuron"],
+}
+
+
+@dataclass
+class Compaction:
+    """What one call did: checkpoints compacted (files before -> after), skipped (and why), files vacuumed."""
+
+    compacted: dict[str, tuple[int, int]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    vacuumed: list[str] = field(default_factory=list)
+
+
+def compact(
+    lake: Lake | str,
+    model: str | None = None,
+    checkpoint: str | None = None,
+    vacuum_after_s: float = VACUUM_S,
+    crash_after: str | None = None,
+) -> Compaction:
+    """Compact every complete checkpoint (or those of model / checkpoint). crash_after: a step name ("files",
+    "markers", "catalogue") after which to raise, for the tests of crash safety."""
+    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    catalog = Catalog(lake.storage)
+    out = Compaction()
+    if model is not None and checkpoint is not None:
+        keys = [(model, checkpoint)]
+    else:  # the checkpoints the catalogue knows (else every marker's)
+        state = catalog.load()
+        records = state.markers.values() if state is not None else lake.markers().values()
+        keys = sorted(
+            {
+                (r["model"], r["checkpoint"])
+                for r in records
+                if (model is None or r["model"] == model) and (checkpoint is None or r["checkpoint"] == checkpoint)
+            }
+        )
+    for key in keys:
+        label = f"{key[0]} @ {key[1]}"
+        why = _compact_checkpoint(lake, catalog, *key, crash_after)
+        if isinstance(why, str):
+            out.skipped[label] = why
+        else:
+            out.compacted[label] = why
+    state = catalog.load()
+    out.vacuumed = sorted(set(state.superseded if state else {}) - set(vacuum(lake, state, vacuum_after_s)))
+    if state is not None:
+        catalog.fold()
+    return out
+
+
+def _compact_checkpoint(
+    lake: Lake, catalog: Catalog, model: str, checkpoint: str, crash_after: str | None
+) -> tuple[int, int] | str:
+    storage = lake.storage
+    for e in storage.list(lake._lease_dir(model, checkpoint)):
+        try:
+            record = json.loads(storage.read_bytes(e.path))
+            if lease_alive(record, time.time() - float(record["heartbeat"]), float(record.get("timeout_s", 900))):
+                return f"run {record.get('run_id')} is writing it"
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    prefix = lake._partition("_done", model, checkpoint) + "/"
+    state = catalog.load() or CatalogState()  # before reconciling: files an interrupted compaction left named
+    named_before = {f["path"] for rel, r in state.markers.items() if rel.startswith(prefix) for f in r["files"]}
+    lake.reconcile(model, checkpoint)
+    markers = lake.markers(prefix)
+    sizes = {e.path: e.size for t in TABLES_WITH_MARKERS for e in storage.list(lake._partition(t, model, checkpoint))}
+    sizes_before = dict(sizes)
+    wrong = {rel: lake.verify(r, sizes) for rel, r in markers.items()}
+    if any(wrong.values()) or len(markers) < len(list(storage.list(prefix))):
+        return "some of its markers do not verify (`neuronxa-ray lake check`)"
+    complete, stale, _, left_out = visible(markers, lake.done_marker)
+    if stale or left_out:
+        return "some of its languages are stale or incomplete (`neuronxa-ray lake check`)"
+    plans = {}
+    for table in COMPACTED_TABLES:
+        named = {f["path"] for r in complete for f in r["files"] if f["table"] == table}
+        if len(named) >= 2:
+            plans[table] = named
+    if not plans:
+        return "nothing to compact"
+    new_files: dict[str, WrittenFile] = {}
+    unit_rows: dict[tuple[str, str], int] = {}  # (table, marker path) -> its rows in the compacted file
+    for table in plans:
+        parts, read, taken = [], {}, {}
+        for rel, record in markers.items():
+            for f in record["files"]:
+                if f["table"] != table:
+                    continue
+                key = (record["pivot_lang"], record["lang"]) if table in PAIR_TABLES else (record["lang"],)
+                if key in taken:  # one language's neuron_counts named by the markers of two pivots: once
+                    unit_rows[(table, rel)] = taken[key]
+                    continue
+                if f["path"] not in read:
+                    schema = table_schema(table)
+                    read[f["path"]] = pq.read_table(storage.path(f["path"]), filesystem=storage.fs, schema=schema)
+                part = read[f["path"]]
+                if f.get("file_rows") is not None:  # from an earlier compaction: this language's rows only
+                    mask = pc.equal(part["lang"], record["lang"])
+                    if table in PAIR_TABLES:
+                        mask = pc.and_(mask, pc.equal(part["pivot_lang"], record["pivot_lang"]))
+                    part = part.filter(mask)
+                if part.num_rows != f["rows"]:
+                    raise RuntimeError(f"{f['path']}: {part.num_rows} rows of {record['lang']}, its marker {f['rows']}")
+                unit_rows[(table, rel)] = taken[key] = part.num_rows
+                parts.append(part)
+        merged = pa.concat_tables(parts).sort_by([(c, "ascending") for c in SORT[table]])
+        path = lake._partition(table, model, checkpoint) + f"/compacted-{uuid.uuid4().hex[:12]}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(merged, sink, compression="zstd", row_group_size=64 * 1024, **WRITE_OPTIONS.get(table, {}))
+        buffer = sink.getvalue()
+        storage.write_bytes(path, buffer)
+        new_files[table] = WrittenFile(path, buffer.size, merged.num_rows, table, crc32_of(buffer), merged.num_rows)
+    if crash_after == "files":
+        raise RuntimeError("crash after the compacted files")
+    now = time.time()
+    changes: dict[str, dict] = {}
+    superseded: dict[str, float] = {}
+    for rel, record in markers.items():
+        files = []
+        for f in record["files"]:
+            if f["table"] in new_files:
+                superseded[f["path"]] = now
+                new = new_files[f["table"]]
+                files.append(WrittenFile(new.path, new.bytes, unit_rows[(f["table"], rel)], new.table, new.crc32,
+                                         new.file_rows).record())  # fmt: skip
+            else:
+                files.append(f)
+        if files != record["files"]:
+            changes[rel] = {**record, "files": files, "compacted_at": now}
+    sizes = {}
+    for i, (rel, record) in enumerate(changes.items()):
+        data = json.dumps(record).encode()
+        storage.write_bytes(rel, data)
+        sizes[rel] = len(data)
+        if crash_after == "markers" and i == len(changes) // 2:
+            raise RuntimeError("crash halfway through the markers")
+    still = {f["path"] for r in changes.values() for f in r["files"]} | {
+        f["path"] for rel, r in markers.items() if rel not in changes for f in r["files"]
+    }
+    superseded.update({p: now for p in named_before if p in sizes_before})
+    named_now = {f["path"] for r in markers.values() for f in r["files"]}
+    leftover = [p for p in sizes_before if posixpath.basename(p).startswith("compacted-") and p not in named_now]
+    superseded.update({p: now for p in leftover if p not in state.superseded})  # an interrupted compaction's
+    superseded = {p: t for p, t in superseded.items() if p not in still}
+    catalog.commit(changes, lake.marker_index, superseded, sizes)  # the switch: one entry
+    if crash_after == "catalogue":
+        raise RuntimeError("crash after the catalogue entry")
+    before = len({f["path"] for r in markers.values() for f in r["files"] if f["table"] in new_files})
+    log.info("lake %s: %s @ %s compacted: %d files -> %d", lake.uri, model, checkpoint, before, len(new_files))
+    return before, len(new_files)
+
+
+def vacuum(lake: Lake, state: CatalogState | None, older_than_s: float = VACUUM_S) -> dict[str, float]:
+    """Delete superseded files older than older_than_s that no catalogue record names; returns those kept."""
+    if state is None or not state.superseded:
+        return {}
+    named = {f["path"] for r in state.markers.values() for f in r.get("files") or []}
+    cutoff = time.time() - older_than_s
+    leased = {"/".join(e.path.split("/")[1:3]) for e in lake.storage.list("_leases") if e.path.endswith(".json")}
+    gone = [
+        p
+        for p, t in state.superseded.items()
+        if (t <= cutoff or p in named) and "/".join(p.split("/")[1:3]) not in leased  # a run may write it again
+    ]
+    for path in gone:
+        if path not in named:
+            lake.storage.delete(path)
+    if gone:
+        Catalog(lake.storage).append(vacuumed=gone)
+    return {p: t for p, t in state.superseded.items() if p not in gone}

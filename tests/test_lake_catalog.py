@@ -1,0 +1,363 @@
+"""The lake checks content, not just presence (checksums, marker schema, unreadable files of every table), and
+keeps a catalogue that is read, not rebuilt: opened from a snapshot and a log, rebuilt from markers by
+`lake check --repair`, compacted per complete checkpoint with the same answers before, during and after."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from test_lake import write_language
+
+from neuronxa_ray.cli import main
+from neuronxa_ray.lake import Lake
+from neuronxa_ray.sql import connect
+
+
+def _lake(tmp_path, langs=("eng", "fra", "deu"), seed=0):
+    rng = np.random.default_rng(seed)
+    lake = Lake(tmp_path)
+    for lang in langs:
+        write_language(lake, lang, rng)
+    return lake
+
+
+def _flip_inside_page(path, table_rows_col="diagonal"):
+    """Flip one byte in the middle of the file's first data page (same size, footer intact)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    col = next(
+        meta.row_group(0).column(i)
+        for i in range(meta.num_columns)
+        if meta.row_group(0).column(i).path_in_schema == table_rows_col
+    )
+    start = col.data_page_offset
+    offset = start + col.total_compressed_size // 2
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_byte_inside_a_page_is_found_by_lake_check(tmp_path, capsys):
+    lake = _lake(tmp_path)
+    assert lake.check() == []
+    matches = tmp_path / lake.language_file("matches", "m", "c", "fra", "eng")
+    size = matches.stat().st_size
+    _flip_inside_page(matches)
+    assert matches.stat().st_size == size
+    problems = lake.check()
+    assert [(p.kind, p.path) for p in problems] == [("broken", lake.done_marker("m", "c", "eng", "fra"))]
+    assert "checksum" in problems[0].detail
+    assert main(["lake", "check", "--lake", str(tmp_path), "--repair"]) == 0
+    assert not matches.exists() and lake.completion("m", "c", "eng", "fra") is None
+    assert lake.completion("m", "c", "eng", "deu") is not None
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda r: {k: v for k, v in r.items() if k != "model"},
+        lambda r: {**r, "files": None},
+        lambda r: {**r, "files": [{"path": 3}]},
+        lambda r: {**r, "lang": ["fra"]},
+        lambda r: [r],
+    ],
+    ids=["no-model", "files-null", "file-record-bad", "lang-list", "not-object"],
+)
+def test_marker_that_is_json_but_not_a_marker_is_broken_not_a_traceback(tmp_path, edit, capsys, caplog):
+    lake = _lake(tmp_path)
+    rel = lake.done_marker("m", "c", "eng", "fra")
+    record = json.loads((tmp_path / rel).read_text())
+    (tmp_path / rel).write_text(json.dumps(edit(record)))
+    problems = lake.check()
+    assert [(p.kind, p.path) for p in problems if p.path == rel] == [("broken", rel)]
+    assert lake.completion("m", "c", "eng", "fra") is None  # what `run` asks: redo it
+    assert main(["lake", "check", "--lake", str(tmp_path)]) == 1
+    assert main(["scores", "--lake", str(tmp_path)]) == 0
+    assert main(["sql", "--lake", str(tmp_path), "select count(*) from alignment_summary"]) == 0
+    assert main(["lake", "check", "--lake", str(tmp_path), "--repair"]) == 0
+    assert not (tmp_path / rel).exists()
+
+
+def test_unreadable_files_of_every_table_are_problems_that_repair_removes(tmp_path):
+    lake = _lake(tmp_path)
+    for rel in ("runs/garbage.parquet", "benchmarks/junk.parquet", "attempts/run_id=x/part-00000.parquet"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"PAR1 not parquet at all")
+    problems = lake.check()
+    assert sorted((p.kind, p.path) for p in problems) == [
+        ("broken", "attempts/run_id=x/part-00000.parquet"),
+        ("broken", "benchmarks/junk.parquet"),
+        ("broken", "runs/garbage.parquet"),
+    ]
+    assert all("Parquet" in p.detail for p in problems)
+    assert main(["lake", "check", "--lake", str(tmp_path), "--repair"]) == 0
+    assert not (tmp_path / "runs" / "garbage.parquet").exists()
+
+
+def test_left_out_languages_are_one_line_per_query(tmp_path, caplog):
+    rng = np.random.default_rng(1)
+    lake = Lake(tmp_path)
+    write_language(lake, "eng", rng, ckpt_fp="A")
+    write_language(lake, "fra", rng, ckpt_fp="A")
+    for lang in ("deu", "ita", "spa", "por", "nld", "swe"):
+        write_language(lake, lang, rng, ckpt_fp="B")  # another run's settings
+    with caplog.at_level(logging.WARNING):
+        con = connect(tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1, lines
+    assert "6 language" in lines[0] and "other settings" in lines[0] and "deu" in lines[0]
+    assert con.execute("SELECT DISTINCT lang FROM alignment").fetchall() == [("fra",)]
+
+
+# -- the catalogue ---------------------------------------------------------------------------------------------
+QUERIES = (
+    "SELECT model, checkpoint, method, pivot_lang, lang, layer, score, n_sentences FROM alignment ORDER BY ALL",
+    "SELECT * FROM retrieval ORDER BY ALL",
+    "SELECT * FROM alignment_summary ORDER BY ALL",
+    "SELECT lang, layer, neuron, n_active, abs_sum FROM neuron_counts ORDER BY ALL",
+    "SELECT count(*), count(DISTINCT lang) FROM matches",
+    "SELECT count(*) FROM sentence_states",
+)
+
+
+def answers(root, reader="auto"):
+    con = connect(root, reader=reader)
+    return [con.execute(q).fetchall() for q in QUERIES]
+
+
+def _two_checkpoints(tmp_path, seed=0):
+    rng = np.random.default_rng(seed)
+    lake = Lake(tmp_path)
+    for ckpt in ("c", "d"):
+        for lang in ("eng", "fra", "deu", "swh"):
+            write_language(lake, lang, rng, ckpt=ckpt)
+    return lake
+
+
+def test_views_open_from_the_catalogue_without_reading_markers(tmp_path, monkeypatch):
+    lake = _two_checkpoints(tmp_path)
+    expected = answers(tmp_path)
+    assert list((tmp_path / "_catalog" / "log").glob("*.json"))
+
+    def no(*a, **k):
+        raise AssertionError("a marker was read")
+
+    monkeypatch.setattr(Lake, "_read_marker", no)
+    monkeypatch.setattr(Lake, "verify", no)
+    assert answers(tmp_path) == expected
+    monkeypatch.undo()
+    assert lake.check() == []
+
+
+def test_catalogue_folds_into_snapshots_and_reads_the_same(tmp_path, monkeypatch):
+    import neuronxa_ray.catalog as catalog
+
+    monkeypatch.setattr(catalog, "FOLD_EVERY", 3)
+    monkeypatch.setattr(catalog, "LIST_EVERY", 0)
+    monkeypatch.setattr(catalog, "RETAIN_S", 0.0)
+    lake = _two_checkpoints(tmp_path)
+    snapshots = list((tmp_path / "_catalog").glob("snapshot-*.parquet"))
+    assert 1 <= len(snapshots) <= 2  # older ones cleaned
+    assert len(list((tmp_path / "_catalog" / "log").glob("*.json"))) < 8  # folded entries deleted
+    state = catalog.Catalog(lake.storage).load()
+    assert set(state.markers) == set(lake.markers())
+    import pyarrow.parquet as pq  # an outside reader finds the committed files in the snapshot
+
+    files = pq.read_table(max(snapshots), columns=["marker", "files"]).to_pylist()
+    assert any(f["table"] == "matches" for row in files for f in row["files"])
+    assert lake.check() == []
+
+
+def test_a_marker_the_catalogue_lacks_or_that_was_deleted_is_seen_and_repair_rebuilds(tmp_path):
+    lake = _two_checkpoints(tmp_path)
+    expected = answers(tmp_path)
+    fra = lake.done_marker("m", "c", "eng", "fra")
+    record = json.loads((tmp_path / fra).read_text())
+    (tmp_path / fra).unlink()  # deleted by hand: no view shows it, `lake check` says the catalogue differs
+    query = "SELECT DISTINCT lang FROM alignment WHERE checkpoint = 'c'"
+    assert ("fra",) not in connect(tmp_path).execute(query).fetchall()
+    assert {p.kind for p in lake.check()} == {"catalogue", "orphaned"}
+    (tmp_path / fra).write_text(json.dumps(record))  # written, the writer died before its catalogue entry
+    assert answers(tmp_path) == expected
+    import shutil
+
+    shutil.rmtree(tmp_path / "_catalog")  # a lake written before catalogues: every marker is read, check says so
+    assert answers(tmp_path) == expected
+    assert [p.kind for p in lake.check()] == ["catalogue"]
+    assert main(["lake", "check", "--lake", str(tmp_path), "--repair"]) == 0
+    assert list((tmp_path / "_catalog").glob("snapshot-*.parquet")) and lake.check() == []
+    assert answers(tmp_path) == expected
+
+
+def test_tidy_brings_the_catalogue_in_line_with_a_checkpoint(tmp_path):
+    lake = _two_checkpoints(tmp_path)
+    fra = lake.done_marker("m", "d", "eng", "fra")
+    (tmp_path / fra).unlink()
+    assert lake.reconcile("m", "d") == 1 and lake.reconcile("m", "d") == 0
+    assert [p.kind for p in lake.check()] == ["orphaned"] * 4
+
+
+# -- compaction ------------------------------------------------------------------------------------------------
+def _files(root, table):
+    return sorted(p.relative_to(root).as_posix() for p in (root / table).rglob("*.parquet"))
+
+
+@pytest.mark.parametrize("reader", ["duckdb", "arrow"])
+def test_compaction_keeps_every_answer_and_leaves_few_files(tmp_path, reader):
+    lake = _two_checkpoints(tmp_path)
+    expected = answers(tmp_path, reader)
+    before = connect(tmp_path, reader=reader)  # a reader opened before the compaction
+    assert main(["lake", "compact", "--lake", str(tmp_path)]) == 0
+    assert [before.execute(q).fetchall() for q in QUERIES] == expected  # the old files are still there
+    assert answers(tmp_path, reader) == expected
+    view = lake.view_files()
+    assert len(view.files["matches"]) == 2 and len(view.files["neuron_counts"]) == 2 and not view.partial
+    assert all("compacted-" in p for p in view.files["matches"])
+    assert lake.check() == []  # markers verify against the compacted files; superseded files are not orphans
+    from neuronxa_ray.compaction import compact
+
+    done = compact(lake, vacuum_after_s=0)  # nothing left to compact; the superseded files go
+    assert not done.compacted and done.vacuumed
+    assert _files(tmp_path, "matches") == sorted(view.files["matches"])
+    assert answers(tmp_path, reader) == expected and lake.check() == []
+    assert lake.is_done("m", "c", "eng", "fra", "fp-fra")  # `run` still sees every language done
+
+
+@pytest.mark.parametrize("repair", [True, False], ids=["repaired", "compacted-again"])
+@pytest.mark.parametrize("step", ["files", "markers", "catalogue"])
+def test_a_crash_at_every_step_of_a_compaction_leaves_the_same_answers(tmp_path, step, repair):
+    from neuronxa_ray.compaction import compact
+
+    lake = _two_checkpoints(tmp_path)
+    expected = answers(tmp_path)
+    with pytest.raises(RuntimeError, match="crash"):
+        compact(lake, crash_after=step)
+    assert answers(tmp_path) == expected
+    if repair:
+        assert main(["lake", "check", "--lake", str(tmp_path), "--repair"]) == 0
+        assert answers(tmp_path) == expected
+    compact(lake, vacuum_after_s=0)
+    assert answers(tmp_path) == expected and lake.check() == []
+    assert all("compacted-" in p for p in lake.view_files().files["matches"])
+
+
+def test_a_language_recomputed_after_compaction_replaces_its_rows(tmp_path):
+    from neuronxa_ray.compaction import compact
+
+    lake = _two_checkpoints(tmp_path)
+    compact(lake, vacuum_after_s=0)
+    write_language(lake, "fra", np.random.default_rng(99), ckpt="c")  # recomputed: its own files again
+    reference = _two_checkpoints(tmp_path / "ref")
+    write_language(reference, "fra", np.random.default_rng(99), ckpt="c")
+    assert lake.view_files().partial  # the compacted file is read without fra
+    for reader in ("duckdb", "arrow"):
+        assert answers(tmp_path, reader) == answers(tmp_path / "ref", reader)
+    assert lake.check() == []
+    compact(lake, vacuum_after_s=0)  # and compacted again
+    assert not lake.view_files().partial and answers(tmp_path) == answers(tmp_path / "ref")
+    assert lake.check() == []
+
+
+def test_compaction_skips_a_checkpoint_a_live_run_writes_or_that_is_incomplete(tmp_path):
+    from neuronxa_ray.compaction import compact
+
+    lake = _two_checkpoints(tmp_path)
+    with lake.acquire("m", "c", "base", "run-1"):
+        done = compact(lake)
+    assert "m @ c" in done.skipped and "m @ d" in done.compacted
+    (tmp_path / lake.language_file("neuron_counts", "m", "c", "fra")).unlink()
+    assert "do not verify" in compact(lake).skipped["m @ c"]
+
+
+def test_catalogue_and_compaction_on_s3_as_on_local_disk(s3_env, tmp_path):
+    import uuid
+
+    from neuronxa_ray.compaction import compact
+
+    uri = f"s3://{s3_env['bucket']}/catalog-{uuid.uuid4().hex[:8]}"
+    local, remote = _two_checkpoints(tmp_path), _two_checkpoints(uri)
+    expected = answers(tmp_path, "arrow")
+    assert answers(uri) == expected
+    with pytest.raises(RuntimeError, match="crash"):
+        compact(remote, crash_after="markers")
+    assert answers(uri) == expected
+    compact(remote, vacuum_after_s=0)
+    compact(local, vacuum_after_s=0)
+    assert answers(uri) == expected == answers(tmp_path, "arrow")
+    assert remote.check() == [] and all("compacted-" in p for p in remote.view_files().files["matches"])
+    assert main(["lake", "check", "--lake", uri, "--repair"]) == 0 and answers(uri) == expected
+
+
+def test_readers_during_a_compaction_see_the_old_files_or_the_new_never_both(tmp_path):
+    import threading
+
+    from neuronxa_ray.compaction import compact
+
+    lake = _two_checkpoints(tmp_path)
+    expected = answers(tmp_path)
+    done = threading.Event()
+    seen, wrong = set(), []
+
+    def read():
+        while not done.is_set():
+            files = lake.view_files().files["matches"]
+            for ckpt in ("c", "d"):
+                mine = [p for p in files if f"/checkpoint={ckpt}/" in p]
+                seen.add((ckpt, tuple(sorted("compacted-" in p for p in mine))))
+            if answers(tmp_path) != expected:
+                wrong.append(files)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        compact(lake, "m", "c")
+        compact(lake, "m", "d")
+    finally:
+        done.set()
+        reader.join()
+    assert not wrong
+    assert {kinds for _, kinds in seen} <= {(False, False, False), (True,)}  # 3 languages' files, or one
+    assert answers(tmp_path) == expected
+
+
+def test_compaction_of_a_checkpoint_with_two_pivots_keeps_shared_files_once(tmp_path):
+    """A second pivot's markers name the same neuron_counts files (written once per language) and their own
+    matches: the compacted neuron_counts holds each language once, and every view answers as before."""
+    import torch
+
+    from neuronxa_ray.compaction import compact
+    from neuronxa_ray.lake import WrittenFile, matches_table
+    from neuronxa_ray.scoring import match_stats
+
+    lake = _lake(tmp_path, ("eng", "fra", "deu", "swh"))
+    rng = np.random.default_rng(7)
+    for lang in ("fra", "deu", "swh"):  # pivot fra: its own marker, then two languages against it
+        own = lake.completion("m", "c", "eng", lang)
+        files = [WrittenFile.from_record(f) for f in own["files"] if f["table"] == "neuron_counts"]
+        if lang != "fra":
+            mats = {"nas": rng.uniform(-1, 1, size=(2, 4, 4))}
+            stats = {m: match_stats(torch.from_numpy(c)).numpy() for m, c in mats.items()}
+            path = lake.language_file("matches", "m", "c", lang, "fra")
+            files.append(lake.write("matches", matches_table("m", "c", "fra", lang, stats), path))
+        lake.mark_done("m", "c", "fra", lang, f"fp2-{lang}", {"checkpoint_fingerprint": "base"}, files)
+    expected = answers(tmp_path)
+    assert connect(tmp_path).execute("SELECT count(DISTINCT pivot_lang) FROM alignment").fetchone()[0] == 2
+    compact(lake, vacuum_after_s=0)
+    assert all("compacted-" in p for p in lake.view_files().files["neuron_counts"])
+    assert answers(tmp_path) == expected and lake.check() == []
+
+
+def test_a_catalogue_write_cut_short_is_tidied_once_it_is_old(tmp_path):
+    import os
+    import time
+
+    lake = _lake(tmp_path)
+    tmp = tmp_path / "_catalog" / "log" / ".0001-x.json.abc.tmp"
+    tmp.write_bytes(b"{")
+    assert lake.check() == []  # as young as a write in flight: not a problem
+    old = time.time() - 120
+    os.utime(tmp, (old, old))
+    assert [p.kind for p in lake.check()] == ["temporary"]
+    assert lake.tidy("m", "c", "run-x") == ["_catalog/log/.0001-x.json.abc.tmp"] and lake.check() == []
