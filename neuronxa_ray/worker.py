@@ -56,6 +56,8 @@ class LanguageResult:
     dtype: str = ""
     model_type: str = ""
     confirmed: list[WriteOutcome] = field(default_factory=list)  # earlier languages whose writes finished
+    started_at: float = 0.0  # epoch seconds on the worker's clock: the language's extraction began
+    extracted_at: float = 0.0  # its forward passes and matching ended (its write then runs in the background)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class WriteOutcome:
     checkpoint: str
     lang: str
     error: str | None = None
+    finished_at: float | None = None  # epoch seconds on the worker's clock: the write (files, then marker) ended
 
 
 PivotStates = dict[str, np.ndarray]  # method -> [n, layers, dim] float32
@@ -134,7 +137,7 @@ class LanguageWorker:
         self, task: LanguageTask, pivot: PivotStates | None = None
     ) -> tuple[LanguageResult, PivotStates | None]:
         """Extract one language and write its tables. Returns the states too when it is the pivot."""
-        t0 = time.perf_counter()
+        t0, started_at = time.perf_counter(), time.time()
         if task.token_ids is not None:
             states = self.extractor.extract_ids(task.token_ids)
         else:
@@ -177,6 +180,8 @@ class LanguageWorker:
             dtype=str(self.lm.dtype).removeprefix("torch."),
             model_type=self.lm.model_type,
             confirmed=confirmed,
+            started_at=started_at,
+            extracted_at=started_at + extract_s,
         )
         return result, (host if task.is_pivot else None)
 
@@ -186,10 +191,12 @@ class LanguageWorker:
             return []
         (task, pending), self._pending = self._pending, None
         try:
-            pending.result()
-            return [WriteOutcome(task.model_name, task.checkpoint, task.lang)]
+            ended = pending.result()
+            return [WriteOutcome(task.model_name, task.checkpoint, task.lang, finished_at=ended)]
         except Exception as e:
-            return [WriteOutcome(task.model_name, task.checkpoint, task.lang, str(e).splitlines()[0] or repr(e))]
+            error = str(e).splitlines()[0] or repr(e)
+            ended = getattr(e, "finished_at", None)
+            return [WriteOutcome(task.model_name, task.checkpoint, task.lang, error, finished_at=ended)]
 
     def flush(self) -> float:
         """Wait for the pending write (raising its error, if any); return the seconds spent writing so far."""
@@ -198,13 +205,17 @@ class LanguageWorker:
                 raise RuntimeError(outcome.error)
         return self.write_s
 
-    def _write(self, task: LanguageTask, host: dict, counters: tuple, pairs: tuple[dict, dict]) -> None:
+    def _write(self, task: LanguageTask, host: dict, counters: tuple, pairs: tuple[dict, dict]) -> float:
+        """Write a language's tables; returns when the write ended (epoch seconds), also carried by its error."""
         t0 = time.perf_counter()
         try:
             self._write_tables(task, host, counters, pairs)
         except Exception as e:
-            raise RuntimeError(f"writing language {task.lang!r} to the lake failed: {e}") from e
+            error = RuntimeError(f"writing language {task.lang!r} to the lake failed: {e}")
+            error.finished_at = time.time()
+            raise error from e
         self.write_s += time.perf_counter() - t0
+        return time.time()
 
     def _write_tables(self, task: LanguageTask, host: dict, counters: tuple, pairs: tuple[dict, dict]) -> None:
         """All of a language's tables, then its done marker (last: a rerun redoes a language cut short)."""
