@@ -884,6 +884,11 @@ def _init_ray(address: str | None):
             # A local Ray we start ourselves: the actors do the work, so they should not run at a lower priority
             # (Ray's default worker niceness is 15) than Ray's own housekeeping processes on a busy machine.
             kwargs["_system_config"] = {"worker_niceness": 0}
+        import signal
+        import threading
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
         ray.init(
             address=address,
             include_dashboard=False,
@@ -892,6 +897,8 @@ def _init_ray(address: str | None):
             configure_logging=False,
             **kwargs,
         )
+        if callable(on_sigterm):  # ray.init sets a SIGTERM handler (sys.exit); the command's own one stays
+            signal.signal(signal.SIGTERM, on_sigterm)
     return ray
 
 
