@@ -838,7 +838,7 @@ def _utc(epoch_s: float | None) -> dt.datetime | None:
 def _probe(lake: Lake) -> str | None:
     """None when the lake takes a write (seconds at most), else one line naming it and the cause."""
     try:
-        lake.check_writable()
+        lake.storage.check_writable()  # a probe file written and deleted: no listing of the lake
         return None
     except Exception as e:
         return _first_line(e)
