@@ -694,10 +694,6 @@ class Scheduler:
                 now = time.monotonic()
                 outage = self.outages[lake.uri] = _Outage(now, now + LAKE_PROBE_S[0], LAKE_PROBE_S[0], cause)
                 log.warning("%s; its units wait up to %.0fs for it to answer again", cause, LAKE_OUTAGE_S)
-        if outage is not None and outage.given_up:
-            self._attempt_row(unit, "failed", message, finished_at=outcome.finished_at)
-            self._fail(unit, _outage_error(lake, outage), record=False)
-            return
         self._retry_or_fail(unit, message, "failed", finished_at=outcome.finished_at)
 
     def _probe_lakes(self) -> None:
@@ -717,7 +713,7 @@ class Scheduler:
                 outage.given_up, outage.cause = True, cause
                 for pi, queue in self.pending.items():
                     while self.lakes[pi].uri == uri and queue:
-                        self._fail(queue.popleft(), _outage_error(lake, outage))
+                        self._fail(queue.popleft(), _outage_error(outage))
             else:
                 outage.delay = min(outage.delay * 2, LAKE_PROBE_S[1])
                 outage.next_probe, outage.cause = now + outage.delay, cause
@@ -742,6 +738,10 @@ class Scheduler:
 
     def _retry_or_fail(self, unit: _Unit, message: str, status: str, finished_at: float | None = None) -> None:
         self._attempt_row(unit, status, message, finished_at=finished_at)
+        outage = self.outages.get(self.lakes[unit.plan].uri)
+        if outage is not None and outage.given_up:  # no retry on a lake given up on
+            self._fail(unit, _outage_error(outage), record=False)
+            return
         max_attempts = self.plans[unit.plan].job.max_attempts
         if unit.attempts >= max_attempts:
             self._fail(unit, f"{message} ({unit.attempts} attempts)", record=False)
@@ -844,7 +844,7 @@ def _probe(lake: Lake) -> str | None:
         return _first_line(e)
 
 
-def _outage_error(lake: Lake, outage: _Outage) -> str:
+def _outage_error(outage: _Outage) -> str:
     return f"the lake stopped answering for {LAKE_OUTAGE_S:.0f}s ({outage.cause})"
 
 

@@ -226,3 +226,35 @@ def test_sigterm_ends_watch_as_cleanly_as_ctrl_c_and_the_lake_resumes(ray_sessio
     assert again.returncode == 0, rest[-3000:]
     assert [line.split()[1] for line in rest.splitlines() if line.startswith("step ")] == ["100", "200"]
     assert main(["lake", "check", "--lake", str(tmp_path / "lake")]) == 0
+
+
+def test_a_checkpoint_restored_with_cp_a_is_tried_again(ray_session, tmp_path, caplog):
+    """A checkpoint whose weights were damaged when it was evaluated, then restored with `cp -a` (the same names,
+    sizes and modification times as before): its files look unchanged, yet it is tried again after a back-off."""
+    import logging
+    import os
+    import subprocess
+
+    job = _glob_job(tmp_path)
+    staging = tmp_path / "staging"
+    save_tiny("llama", staging, seed=1)
+    ckpt = tmp_path / "ckpts" / "checkpoint-100"
+    ckpt.mkdir(parents=True)
+    for f in staging.iterdir():
+        if f.suffix == ".safetensors":  # damaged: the same size and time, other bytes
+            (ckpt / f.name).write_bytes(b"\0" * f.stat().st_size)
+            os.utime(ckpt / f.name, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns))
+        else:
+            shutil.copy2(f, ckpt / f.name)
+    out = {}
+    argv = ["watch", job, "--interval", "0.3", "--settle", "0.5", "--until-step", "100", "--no-progress"]
+    with caplog.at_level(logging.INFO, logger="neuronxa_ray"):
+        watcher = threading.Thread(target=lambda: out.update(code=main(argv)), daemon=True)
+        watcher.start()
+        wait_for(lambda: "checkpoint-100:" in caplog.text and "(try 1;" in caplog.text, timeout_s=240)
+        for f in staging.glob("*.safetensors"):
+            subprocess.run(["cp", "-a", str(f), str(ckpt)], check=True)
+        watcher.join(timeout=300)
+    assert not watcher.is_alive() and out["code"] == 0
+    rows = connect(tmp_path / "lake").execute("SELECT DISTINCT checkpoint FROM training_curve").fetchall()
+    assert rows == [("checkpoint-100",)]
