@@ -192,11 +192,13 @@ def _storage_killer(pid_file: str, at_lang: str):
     class StorageKiller(LanguageWorker):
         def process(self, task, pivot=None):
             import signal
+            import time
             from pathlib import Path
 
             pid = Path(pid_file)
             if task.lang == at_lang and pid.exists():
                 os.kill(int(pid.read_text()), signal.SIGKILL)
+                pid.with_suffix(".killed").write_text(repr(time.time()))
                 pid.unlink()
             return super().process(task, pivot)
 
@@ -228,9 +230,8 @@ def test_lake_lost_mid_run_fails_the_units_then_a_rerun_completes(ray_session, t
         planted = functools.partial(execution.RunOptions, worker_factory=_storage_killer(str(pid_file), "fra"))
         monkeypatch.setattr(execution, "RunOptions", planted)
         monkeypatch.setattr(execution, "LAKE_OUTAGE_S", 10.0)  # the default (60 s), shorter for the test
-        t0 = time.monotonic()
         code = main(["run", str(job), "--no-progress"])
-        elapsed = time.monotonic() - t0
+        after_kill = time.time() - float(pid_file.with_suffix(".killed").read_text())
         err = capsys.readouterr().err
         assert not pid_file.exists() and server["proc"].wait(10) is not None  # the server was killed mid-run
         assert code == 1, err[-3000:]
@@ -239,7 +240,8 @@ def test_lake_lost_mid_run_fails_the_units_then_a_rerun_completes(ray_session, t
         failed = {line.split()[2] for line in table[2:] if line.strip()}
         assert failed and failed <= {"fra", "deu"}, table
         assert all("lake" in line for line in table[2:] if line.strip()), table
-        assert elapsed < 60, elapsed
+        # the S3 client's own retries (about 7 s), the 10 s outage, and no waiting on a dead lake for bookkeeping
+        assert after_kill < 40, after_kill
         monkeypatch.setattr(execution, "RunOptions", planted.func)
 
         server = start_seaweedfs(root, server["ports"])  # the lake comes back
