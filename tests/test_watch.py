@@ -182,15 +182,18 @@ def test_sigterm_ends_watch_as_cleanly_as_ctrl_c_and_the_lake_resumes(ray_sessio
     import subprocess
     import sys
 
-    job = _glob_job(tmp_path)
+    job = _glob_job(tmp_path, placement_timeout_s=300)  # a busy machine starts actors slowly
     save_tiny("llama", tmp_path / "ckpts" / "checkpoint-100", seed=1)
+    started: list[subprocess.Popen] = []
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     argv = [sys.executable, "-m", "neuronxa_ray.cli", "watch", job, "--interval", "0.3", "--settle", "0.5"]
 
     def start(*extra):
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [*argv, "--no-progress", *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
+        started.append(proc)
+        return proc
 
     def read_until(proc, needle: str, seen: list[str]) -> None:
         for line in proc.stdout:
@@ -208,24 +211,29 @@ def test_sigterm_ends_watch_as_cleanly_as_ctrl_c_and_the_lake_resumes(ray_sessio
         assert text.rstrip().endswith("neuronxa-ray: terminated"), text[-3000:]
         return text
 
-    seen: list[str] = []
-    idle = start()
-    read_until(idle, "step 100 ", seen)  # its row, then it waits for the next checkpoint
-    terminated(idle, seen)
-    assert main(["lake", "check", "--lake", str(tmp_path / "lake")]) == 0
+    try:
+        seen: list[str] = []
+        idle = start()
+        read_until(idle, "step 100 ", seen)  # its row, then it waits for the next checkpoint
+        terminated(idle, seen)
+        assert main(["lake", "check", "--lake", str(tmp_path / "lake")]) == 0
 
-    save_tiny("llama", tmp_path / "ckpts" / "checkpoint-200", seed=2)
-    seen = []
-    busy = start()
-    read_until(busy, "new checkpoint: checkpoint-200", seen)
-    terminated(busy, seen)
-    main(["lake", "check", "--lake", str(tmp_path / "lake"), "--repair"])  # what a cut write left, if any
-    seen = []
-    again = start("--until-step", "200")
-    rest, _ = again.communicate(timeout=240)
-    assert again.returncode == 0, rest[-3000:]
-    assert [line.split()[1] for line in rest.splitlines() if line.startswith("step ")] == ["100", "200"]
-    assert main(["lake", "check", "--lake", str(tmp_path / "lake")]) == 0
+        save_tiny("llama", tmp_path / "ckpts" / "checkpoint-200", seed=2)
+        seen = []
+        busy = start()
+        read_until(busy, "new checkpoint: checkpoint-200", seen)
+        terminated(busy, seen)
+        main(["lake", "check", "--lake", str(tmp_path / "lake"), "--repair"])  # what a cut write left, if any
+        again = start("--until-step", "200")
+        rest, _ = again.communicate(timeout=480)
+        assert again.returncode == 0, rest[-3000:]
+        assert [line.split()[1] for line in rest.splitlines() if line.startswith("step ")] == ["100", "200"]
+        assert main(["lake", "check", "--lake", str(tmp_path / "lake")]) == 0
+    finally:  # a failure leaves no watcher behind to hold the shared Ray's CPUs for later tests
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
 
 
 def test_a_checkpoint_restored_with_cp_a_is_tried_again(ray_session, tmp_path, caplog):
