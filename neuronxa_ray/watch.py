@@ -152,7 +152,10 @@ def watch(
             state.failed.pop(checkpoint.name, None)
             if checkpoint.step is not None:
                 state.done_steps.append(checkpoint.step)
-            report(job, [checkpoint])
+            try:
+                report(job, [checkpoint])
+            except Exception as e:  # e.g. the lake stopped answering right after: the checkpoint is in it
+                log.error("%s: evaluated, but its row could not be read: %s", checkpoint.name, " ".join(str(e).split()))
         if until_step is not None and any(step >= until_step for step in state.done_steps):
             break
         stop.wait(interval_s)
