@@ -224,15 +224,16 @@ def test_lake_lost_mid_run_fails_the_units_then_a_rerun_completes(ray_session, t
             monkeypatch.setenv(k, v)
         uri = f"s3://{server['bucket']}/lost"
         job = tmp_path / "job.yaml"
-        job.write_text(yaml.safe_dump({**tiny, "lake": uri}))
+        job.write_text(yaml.safe_dump({**tiny, "lake": uri, "placement_timeout_s": 300}))  # busy machines start slowly
         pid_file = tmp_path / "weed.pid"
         pid_file.write_text(str(server["proc"].pid))
         planted = functools.partial(execution.RunOptions, worker_factory=_storage_killer(str(pid_file), "fra"))
         monkeypatch.setattr(execution, "RunOptions", planted)
         monkeypatch.setattr(execution, "LAKE_OUTAGE_S", 10.0)  # the default (60 s), shorter for the test
         code = main(["run", str(job), "--no-progress"])
-        after_kill = time.time() - float(pid_file.with_suffix(".killed").read_text())
         err = capsys.readouterr().err
+        assert pid_file.with_suffix(".killed").exists(), err[-3000:]
+        after_kill = time.time() - float(pid_file.with_suffix(".killed").read_text())
         assert not pid_file.exists() and server["proc"].wait(10) is not None  # the server was killed mid-run
         assert code == 1, err[-3000:]
         assert "Traceback" not in err
@@ -273,7 +274,7 @@ def test_lake_back_within_the_outage_the_run_completes(ray_session, tiny, tmp_pa
             monkeypatch.setenv(k, v)
         uri = f"s3://{servers[0]['bucket']}/back"
         job = tmp_path / "job.yaml"
-        job.write_text(yaml.safe_dump({**tiny, "lake": uri}))
+        job.write_text(yaml.safe_dump({**tiny, "lake": uri, "placement_timeout_s": 300}))  # busy machines start slowly
         pid_file = tmp_path / "weed.pid"
         pid_file.write_text(str(servers[0]["proc"].pid))
         planted = functools.partial(execution.RunOptions, worker_factory=_storage_killer(str(pid_file), "fra"))
