@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 log = logging.getLogger("neuronxa_ray")
@@ -161,13 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     # Without a terminal there is no progress bar: per-unit log lines take its place.
     quiet = sys.stderr.isatty() and not args.verbose
     logging.getLogger("neuronxa_ray").setLevel(logging.WARNING if quiet else logging.INFO)
-    from neuronxa_ray.errors import NeuronxaError
+    from neuronxa_ray.errors import NeuronxaError, Terminated, raise_terminated
 
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.signal(signal.SIGTERM, raise_terminated) if main_thread else None  # unwinds as Ctrl-C does
     try:
         return COMMANDS[args.command](args)
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()
         return 0
+    except Terminated:
+        print("neuronxa-ray: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("neuronxa-ray: interrupted", file=sys.stderr)
         return 130
@@ -178,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"neuronxa-ray: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    finally:
+        if on_sigterm is not None:  # main() called from Python (tests): the caller's handler back
+            signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _load_jobs(paths: list[str], args) -> list:
@@ -215,7 +225,12 @@ def cmd_run(args) -> int:
         from neuronxa_ray.sql import connect
 
         for job in jobs:
-            print_scores(connect(job.lake), model=job.model_name, pivot=job.pivot)
+            try:
+                print_scores(connect(job.lake), model=job.model_name, pivot=job.pivot)
+            except Exception as e:  # e.g. the lake stopped answering: the failed units below are what matters
+                if not report.failed:
+                    raise
+                print(f"scores not shown: {' '.join(str(e).split())[:200]}", file=sys.stderr)
     if report.failed:
         print(f"\n{len(report.failed)} unit(s) failed (a rerun computes only what is missing):", file=sys.stderr)
         rows = [("model", "checkpoint", "lang", "attempts", "error")]
@@ -228,11 +243,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_watch(args) -> int:
+    """watch: exits 0 when it stopped at --until-step with every checkpoint up to it evaluated, 1 when some are
+    still missing (listed), 130 on Ctrl-C and 143 on SIGTERM (the lake resumable either way)."""
     from neuronxa_ray.errors import NeuronxaError
     from neuronxa_ray.execution import RunOptions, run_jobs
-    from neuronxa_ray.watch import watch
+    from neuronxa_ray.watch import missing, validate, watch
 
     (job,) = _load_jobs([args.job], args)
+    validate(job)  # a job mistake now, not when the first checkpoint arrives
     options = RunOptions(progress=False if args.no_progress else None)
 
     def report(job, checkpoints) -> None:
@@ -262,9 +280,12 @@ def cmd_watch(args) -> int:
         if result.failed:  # watch retries the checkpoint once its files change
             raise NeuronxaError(f"{len(result.failed)} unit(s) of {sub.checkpoints[0].name} failed")
 
-    n = watch(job, run, report, args.interval, args.settle, args.until_step)
-    print(f"watched {n} checkpoint(s)", file=sys.stderr)
-    return 0
+    state = watch(job, run, report, args.interval, args.settle, args.until_step)
+    print(f"watched {len(state.evaluated)} checkpoint(s)", file=sys.stderr)
+    lacking = missing(job, state, args.until_step)
+    for name, why in lacking:
+        print(f"still missing: {name}: {why}", file=sys.stderr)
+    return 1 if lacking else 0
 
 
 def _where(**filters) -> tuple[str, list]:

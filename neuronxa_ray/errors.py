@@ -8,3 +8,13 @@ class NeuronxaError(ValueError):
     """A mistake in the input or the environment that the user can fix: names the thing, the value, the remedy.
 
     A ValueError, so callers that catch ValueError (and tests written against it) keep working."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT raises KeyboardInterrupt: the same clean unwinding (actors stopped, leases
+    released, the lake resumable); the CLI exits 143 rather than 130."""
+
+
+def raise_terminated(signum, frame) -> None:
+    """A SIGTERM handler: end the command as Ctrl-C would (see Terminated)."""
+    raise Terminated()

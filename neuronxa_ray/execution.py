@@ -11,6 +11,10 @@ only places them:
 - a unit whose actor or node dies is retried on another actor (max_attempts), the dead actor is replaced when the
   cluster has room, and work in flight on healthy actors is kept; a unit that fails by itself (bad data, a model
   error) fails alone, and the run ends non-zero with a table of failed units; a rerun computes what is missing;
+- a lake that stops answering (a write fails and a probe of the lake fails too) holds its units while it is probed
+  with back-off; back within LAKE_OUTAGE_S, they are retried; else they fail with an error naming the lake, the run
+  ends with its table of failed units, and a rerun completes the lake. Bookkeeping writes (runs, attempts) never end
+  a run;
 - actors that cannot be placed within placement_timeout_s give an error naming what was asked and what the
   cluster has; every attempt is a row in the lake's `attempts` table.
 
@@ -46,6 +50,8 @@ log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 2  # per actor: one running, one queued, so an actor never waits for the driver
 ATTEMPTS_FLUSH_S = 30.0  # attempts rows reach the lake at least this often
 LEASE_RENEW_S = 60.0  # heartbeat of this run's checkpoint leases (they go stale after 15 minutes without one)
+LAKE_OUTAGE_S = 60.0  # a lake that answers no probe for this long fails the units that write to it
+LAKE_PROBE_S = (1.0, 8.0)  # first and longest pause between probes of a lake that stopped answering
 
 
 @dataclass
@@ -284,6 +290,17 @@ class _Unit:
     result: LanguageResult | None = None
 
 
+@dataclass
+class _Outage:
+    """A lake that stopped answering: its units wait (not placed) while it is probed with back-off."""
+
+    since: float
+    next_probe: float
+    delay: float
+    cause: str
+    given_up: bool = False
+
+
 def _first_line(e: BaseException) -> str:
     """The first line of an error's message (of the original error, for one raised inside an actor)."""
     cause = getattr(e, "cause", None) or e
@@ -320,6 +337,7 @@ class Scheduler:
         self.attempt_parts: dict[str, int] = {}
         self._attempt_lakes: dict[str, Lake] = {}
         self._last_attempts_flush = time.monotonic()
+        self.outages: dict[str, _Outage] = {}  # lake uri -> its outage
         self.bar = _progress(len(self.units), progress)
         self.finished = 0
         self.pivot_records: dict[int, dict] = {}  # plans whose pivot is complete in the lake: its marker, in short
@@ -330,9 +348,12 @@ class Scheduler:
                 self.pivot_records[i] = {"tables": {f.get("table") for f in record.get("files") or []}}
 
     # ----- picking work
+    def _held(self, pi: int) -> bool:
+        return self.lakes[pi].uri in self.outages
+
     def _ready(self, pi: int) -> bool:
         queue = self.pending[pi]
-        if not queue:
+        if not queue or self._held(pi):
             return False
         return queue[0].lang == self.plans[pi].pivot or pi in self.pivot_ref
 
@@ -340,7 +361,7 @@ class Scheduler:
         return sum(1 for s in self.pool.alive() if s.key == pi)
 
     def _fresh(self, pi: int) -> bool:
-        return pi not in self.started and bool(self.pending[pi])
+        return pi not in self.started and bool(self.pending[pi]) and not self._held(pi)
 
     def _pick(self, slot: _Slot) -> tuple[str, int] | None:
         """('unit', plan) to submit the next unit of plan, ('warm', plan) to load it while its pivot runs."""
@@ -358,7 +379,7 @@ class Scheduler:
         if slot.inflight:
             return None
         waiting = [pi for pi in self.pending if self.pending[pi] and pi != slot.key and pi in self.started]
-        waiting = [pi for pi in waiting if len(self.pending[pi]) > self._serving(pi)]
+        waiting = [pi for pi in waiting if len(self.pending[pi]) > self._serving(pi) and not self._held(pi)]
         if waiting:
             return ("warm", max(waiting, key=lambda pi: len(self.pending[pi])))
         return None
@@ -435,7 +456,7 @@ class Scheduler:
                 self.started.add(pi)
                 self.reserved.pop(pi, None)
                 unit.attempts += 1
-                unit.status, unit.started, unit.node = "running", _now(), slot.node
+                unit.status, unit.started, unit.node, unit.result = "running", _now(), slot.node, None
                 refs = slot.handle.process.options(num_returns=2).remote(
                     pi,
                     self._spec(pi),
@@ -480,6 +501,8 @@ class Scheduler:
         if time.monotonic() - self._last_renew > LEASE_RENEW_S:
             self._last_renew = time.monotonic()
             for lease in self.leases:
+                if lease.lake.uri in self.outages:
+                    continue
                 try:
                     lease.renew()
                 except Exception as e:  # a lease stays valid for 15 minutes: the next heartbeat may get through
@@ -487,6 +510,8 @@ class Scheduler:
 
     def release_leases(self) -> None:
         for lease in self.leases:
+            if lease.lake.uri in self.outages:  # not waiting for a lake that does not answer: it goes stale
+                continue
             with contextlib.suppress(Exception):  # a lease left behind goes stale and is taken over
                 lease.release()
         self.leases = []
@@ -497,6 +522,8 @@ class Scheduler:
                 self._fill()
                 self._flush_idle()
                 refs = [ref for slot in self.pool.alive() for ref, _, _ in slot.inflight] + list(self.pool.placing)
+                if not refs and self._waiting_for_lakes():
+                    continue
                 if not refs:
                     self._stalled()
                     break
@@ -504,6 +531,7 @@ class Scheduler:
                 for ref in done:
                     self._handle(ref)
                 self.pool.expire()
+                self._probe_lakes()
                 self._flush_attempts(force=False)
                 self._renew_leases()
         finally:
@@ -603,14 +631,14 @@ class Scheduler:
                 continue
             slot.unconfirmed.remove(unit)
             if outcome.error:
-                self._retry_or_fail(unit, f"writing to the lake failed: {outcome.error}", "failed")
+                self._write_failed(unit, outcome)
             else:
-                self._done(unit)
+                self._done(unit, outcome.finished_at)
         self._release_finished_plans()
 
-    def _done(self, unit: _Unit) -> None:
+    def _done(self, unit: _Unit, finished_at: float | None = None) -> None:
         unit.status = "done"
-        self._attempt_row(unit, "ok", None)
+        self._attempt_row(unit, "ok", None, finished_at=finished_at)
         self.bar.update(1)
 
     def _unit_error(self, unit: _Unit, message: str) -> None:
@@ -649,13 +677,75 @@ class Scheduler:
     def _in_lake_or_retry(self, unit: _Unit, message: str) -> None:
         """A unit whose fate is unknown: done if its files and marker made it to the lake, else tried again."""
         plan = self.plans[unit.plan]
-        if self.lakes[unit.plan].is_done(*plan.key, plan.pivot, unit.lang, plan.lang_fingerprints[unit.lang]):
+        try:
+            in_lake = self.lakes[unit.plan].is_done(*plan.key, plan.pivot, unit.lang, plan.lang_fingerprints[unit.lang])
+        except Exception:  # the lake does not answer: not known to be there
+            in_lake = False
+        if in_lake:
             self._done(unit)
         else:
             self._retry_or_fail(unit, message, "lost")
 
-    def _retry_or_fail(self, unit: _Unit, message: str, status: str) -> None:
-        self._attempt_row(unit, status, message)
+    # ----- a lake that stops answering
+    def _write_failed(self, unit: _Unit, outcome: WriteOutcome) -> None:
+        """A write that failed: a lake that does not answer a probe either holds its units (see _probe_lakes)."""
+        lake = self.lakes[unit.plan]
+        message = f"writing to the lake failed: {outcome.error}"
+        outage = self.outages.get(lake.uri)
+        if outage is None:
+            cause = _probe(lake)
+            if cause is not None:
+                now = time.monotonic()
+                outage = self.outages[lake.uri] = _Outage(now, now + LAKE_PROBE_S[0], LAKE_PROBE_S[0], cause)
+                log.warning("%s; its units wait up to %.0fs for it to answer again", cause, LAKE_OUTAGE_S)
+        self._retry_or_fail(unit, message, "failed", finished_at=outcome.finished_at)
+
+    def _probe_lakes(self) -> None:
+        """Probe each lake that stopped answering when its pause is over: back, its units run again; silent past
+        LAKE_OUTAGE_S, its waiting units fail (those still in flight fail as their writes do)."""
+        now = time.monotonic()
+        for uri, outage in list(self.outages.items()):
+            if outage.given_up or now < outage.next_probe:
+                continue
+            lake = next(lake for lake in self.lakes.values() if lake.uri == uri)
+            cause = _probe(lake)
+            now = time.monotonic()
+            if cause is None:
+                log.warning("lake %s answers again after %.0fs; its units go on", uri, now - outage.since)
+                del self.outages[uri]
+            elif now - outage.since >= LAKE_OUTAGE_S:
+                outage.given_up, outage.cause = True, cause
+                for pi, queue in self.pending.items():
+                    while self.lakes[pi].uri == uri and queue:
+                        self._fail(queue.popleft(), _outage_error(outage))
+            else:
+                outage.delay = min(outage.delay * 2, LAKE_PROBE_S[1])
+                outage.next_probe, outage.cause = now + outage.delay, cause
+
+    def answers(self, lake: Lake, probe: bool = True) -> bool:
+        """Whether bookkeeping should write to the lake: no outage known, or (probe) it answers again."""
+        if lake.uri not in self.outages:
+            return True
+        if probe and _probe(lake) is None:
+            del self.outages[lake.uri]
+            return True
+        return False
+
+    def _waiting_for_lakes(self) -> bool:
+        """Nothing in flight while units wait for a lake: pause until its next probe (True), rather than stall."""
+        waiting = [o.next_probe for o in self.outages.values() if not o.given_up]
+        if not waiting:
+            return False
+        time.sleep(max(0.0, min(1.0, min(waiting) - time.monotonic())))
+        self._probe_lakes()
+        return True
+
+    def _retry_or_fail(self, unit: _Unit, message: str, status: str, finished_at: float | None = None) -> None:
+        self._attempt_row(unit, status, message, finished_at=finished_at)
+        outage = self.outages.get(self.lakes[unit.plan].uri)
+        if outage is not None and outage.given_up:  # no retry on a lake given up on
+            self._fail(unit, _outage_error(outage), record=False)
+            return
         max_attempts = self.plans[unit.plan].job.max_attempts
         if unit.attempts >= max_attempts:
             self._fail(unit, f"{message} ({unit.attempts} attempts)", record=False)
@@ -685,9 +775,15 @@ class Scheduler:
                 del self.pivot_ref[pi]
 
     # ----- attempts
-    def _attempt_row(self, unit: _Unit, status: str, error: str | None, finished_only: bool = False) -> None:
+    def _attempt_row(
+        self, unit: _Unit, status: str, error: str | None, finished_only: bool = False, finished_at: float | None = None
+    ) -> None:
+        """One try of a unit. With the worker's own clock when it reported one: started_at when its extraction began,
+        extracted_at when its forward passes ended, finished_at when its write ended; else the driver's."""
         plan = self.plans[unit.plan]
         now = _now()
+        result = unit.result  # this attempt's, once it computed (reset when the unit is submitted)
+        started = _utc(getattr(result, "started_at", None)) if result is not None else None
         row = {
             "run_id": self.run_id,
             "model": plan.job.model_name,
@@ -696,8 +792,9 @@ class Scheduler:
             "attempt": max(unit.attempts, 1),
             "node": unit.node or None,
             "device": unit.result.device if unit.result else None,
-            "started_at": now if finished_only else (unit.started or now),
-            "finished_at": now,
+            "started_at": now if finished_only else (started or unit.started or now),
+            "extracted_at": _utc(getattr(result, "extracted_at", None)) if result is not None else None,
+            "finished_at": _utc(finished_at) or now,
             "status": status,
             "error": error,
         }
@@ -709,6 +806,10 @@ class Scheduler:
             return
         self._last_attempts_flush = time.monotonic()
         for uri, rows in self.attempt_rows.items():
+            if rows and not self.answers(self._attempt_lakes[uri], probe=force):
+                if force:
+                    log.warning("%d attempts row(s) of this run not recorded: lake %s does not answer", len(rows), uri)
+                continue
             if rows:
                 part = self.attempt_parts.get(uri, 0)
                 try:
@@ -732,6 +833,23 @@ class Scheduler:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+def _utc(epoch_s: float | None) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(epoch_s, dt.timezone.utc) if epoch_s else None
+
+
+def _probe(lake: Lake) -> str | None:
+    """None when the lake takes a write (seconds at most), else one line naming it and the cause."""
+    try:
+        lake.storage.check_writable()  # a probe file written and deleted: no listing of the lake
+        return None
+    except Exception as e:
+        return _first_line(e)
+
+
+def _outage_error(outage: _Outage) -> str:
+    return f"the lake stopped answering for {LAKE_OUTAGE_S:.0f}s ({outage.cause})"
 
 
 def _progress(total: int, enabled: bool | None):
@@ -780,6 +898,11 @@ def _init_ray(address: str | None):
             # Ray enables token authentication for a new local cluster and says so on every start: a notice, not
             # news, in every run's output (RAY_AUTH_MODE still decides; its other messages pass).
             logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_RayAuthNotice())
+        import signal
+        import threading
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
         ray.init(
             address=address,
             include_dashboard=False,
@@ -788,6 +911,8 @@ def _init_ray(address: str | None):
             configure_logging=False,
             **kwargs,
         )
+        if callable(on_sigterm):  # ray.init sets a SIGTERM handler (sys.exit); the command's own one stays
+            signal.signal(signal.SIGTERM, on_sigterm)
     return ray
 
 
@@ -929,7 +1054,12 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
         done = [u for u in scheduler.units if u.plan == i and u.status == "done" and u.result is not None]
         if done:
             row = _runs_row(plan, run_id, [u.result for u in done], started, size, startup_s, wall_s)
-            Lake(plan.job.lake).write_run(row)
+            try:
+                if not scheduler.answers(scheduler.lakes[i]):
+                    raise NeuronxaError(f"lake {plan.job.lake} does not answer")
+                Lake(plan.job.lake).write_run(row)
+            except Exception as e:  # bookkeeping must not end a run: its languages are in the lake
+                log.warning("%s: could not write the runs row: %s", plan.label, _first_line(e))
             runs.append(row)
     failed = scheduler.failed_units()
     failed += _compute_pairs(all_plans, failed)
@@ -960,8 +1090,8 @@ def _compute_pairs(plans: list[CheckpointPlan], failed: list[FailedUnit] = ()) -
             continue
         try:
             rows = compute_pairs(Lake(plan.job.lake), *plan.key, plan.languages, plan.job.pivots, base_pivot=plan.pivot)
-        except NeuronxaError as e:
-            out.append(FailedUnit(*plan.key, "(pairs)", 1, str(e)))
+        except Exception as e:  # e.g. the lake stopped answering: the pairs fail, not the run
+            out.append(FailedUnit(*plan.key, "(pairs)", 1, _first_line(e)))
             continue
         if rows:
             log.info("%s: every language pair computed (%d match rows)", plan.label, rows)

@@ -157,10 +157,11 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("attempt", pa.int32(), False),  # 1 for the first try of the language in this run
             pa.field("node", pa.string()),
             pa.field("device", pa.string()),
-            pa.field("started_at", pa.timestamp("us", tz="UTC")),
-            pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+            pa.field("started_at", pa.timestamp("us", tz="UTC")),  # the worker's: its extraction began
+            pa.field("finished_at", pa.timestamp("us", tz="UTC")),  # the worker's: its write ended (else the driver's)
             pa.field("status", pa.string(), False),  # ok | failed | lost
             pa.field("error", pa.string()),
+            pa.field("extracted_at", pa.timestamp("us", tz="UTC")),  # the worker's: its forward passes ended
         ],
     ),
     "benchmarks": _schema(

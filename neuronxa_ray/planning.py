@@ -5,7 +5,8 @@ weights (file names, sizes and modification times of a local directory or GGUF; 
 the pivot, the sentence ids and the pivot's texts. A language's fingerprint adds its own texts. A language counts
 as done only when its marker verifies and carries the current fingerprint, so new weights in the same directory,
 another n_sentences or other data recompute the pivot and every language of that checkpoint — never a mix of old
-and new under one score.
+and new under one score. A run that would recompute a pivot with other settings while languages it does not run
+depend on the stored one is refused (they would drop out of every view) unless it is forced.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import posixpath
 from dataclasses import dataclass, field
 
 from neuronxa_ray.config import Checkpoint, JobConfig
@@ -174,10 +176,77 @@ def plan_checkpoint(
             for lang in languages
             if lang in recompute or not _done(lake, job, name, lang, lang_fps[lang], pivot_record, store_states)
         ]
+        stored_fp = (pivot_record or {}).get("checkpoint_fingerprint")
+        if job.pivot in todo and stored_fp and stored_fp != fp:
+            _refuse_replacing_pivot(job, checkpoint, lake, stored_fp, languages, max_length)
     # The other languages need the pivot's states: an actor reads them from the lake when they were stored, and
     # computes them (without writing them again) when they were not.
     return CheckpointPlan(
         job, checkpoint, spec, resolved, corpus, fp, languages, todo, max_length, lang_fps, store_states
+    )
+
+
+def _dependents(lake: Lake, model: str, name: str, pivot: str, checkpoint_fp: str) -> list[str]:
+    """Languages whose markers say they were scored against the stored pivot (computed with checkpoint_fp)."""
+    prefix = posixpath.dirname(lake.done_marker(model, name, pivot, pivot))
+    langs = []
+    for entry in lake.storage.list(prefix):
+        if not entry.path.endswith(".json"):
+            continue
+        try:
+            record = json.loads(lake.storage.read_bytes(entry.path))
+        except (OSError, ValueError):
+            continue  # an unreadable marker is no result to lose
+        if not isinstance(record, dict) or record.get("checkpoint_fingerprint") != checkpoint_fp:
+            continue
+        if isinstance(record.get("lang"), str) and record["lang"] != pivot:
+            langs.append(record["lang"])
+    return sorted(langs)
+
+
+def _stored_settings(lake: Lake, model: str, name: str, checkpoint_fp: str) -> dict | None:
+    """The job settings (config_json of its runs row) that computed checkpoint_fp, when a runs row says."""
+    import pyarrow.parquet as pq
+
+    for entry in lake.storage.list(lake._partition("runs", model, name)):
+        try:
+            with lake.storage.open_input_file(entry.path) as src:
+                configs = pq.read_table(src, columns=["config_json"]).column("config_json").to_pylist()
+        except Exception:  # an unreadable runs file: lake check reports it
+            continue
+        for text in configs:
+            try:
+                config = json.loads(text)
+            except (TypeError, ValueError):
+                continue
+            if isinstance(config, dict) and config.get("fingerprint") == checkpoint_fp:
+                return config
+    return None
+
+
+def _refuse_replacing_pivot(
+    job: JobConfig, checkpoint: Checkpoint, lake: Lake, stored_fp: str, languages: list[str], max_length: int | None
+) -> None:
+    """Recomputing the pivot with other settings makes every language scored against the stored one stale: refuse
+    when some of them are not in this run (nothing would replace them), naming them, what differs, and the ways on."""
+    model, name = job.model_name, checkpoint.name
+    lost = [lang for lang in _dependents(lake, model, name, job.pivot, stored_fp) if lang not in languages]
+    if not lost:
+        return
+    stored = _stored_settings(lake, model, name, stored_fp)
+    now = {**job.fingerprint_settings(), "max_length": max_length}
+    if stored is None:
+        differs = "settings, weights or data differ"
+    else:
+        changed = [f"{k} {stored.get(k)!r} -> {v!r}" for k, v in now.items() if k in stored and stored.get(k) != v]
+        if stored.get("pivot") != job.pivot:
+            changed.append(f"pivot {stored.get('pivot')!r} -> {job.pivot!r}")
+        differs = ", ".join(changed) if changed else "the weights or the data differ, the settings are the same"
+    shown = ", ".join(lost[:8]) + (f" and {len(lost) - 8} more" if len(lost) > 8 else "")
+    raise NeuronxaError(
+        f"{job.source}: {model} @ {name} would recompute its pivot {job.pivot!r} ({differs}) and so drop "
+        f"{len(lost)} language(s) of lake {lake.uri} that this run does not compute ({shown}) out of every view; "
+        "rerun with --force to replace them, or give this run another lake (--lake)"
     )
 
 

@@ -71,7 +71,8 @@ class LanguageResult:
     host_bytes: int = 0  # bytes copied off the device for this language (what is kept, nothing else)
     nan_states: dict[str, int] = field(default_factory=dict)  # method -> sentences whose state holds NaN
     pivot_source: str = ""  # non-pivot languages: where the pivot's states came from (cache|shared|lake|computed)
-    finished_at: float = 0.0  # time.time() when the language's extraction and matching ended
+    started_at: float = 0.0  # epoch seconds on the worker's clock: the language's extraction began
+    extracted_at: float = 0.0  # its forward passes and matching ended (its write then runs in the background)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class WriteOutcome:
     checkpoint: str
     lang: str
     error: str | None = None
+    finished_at: float | None = None  # epoch seconds on the worker's clock: the write (files, then marker) ended
 
 
 PivotStates = dict[str, np.ndarray]  # method -> [n, layers, dim] float32
@@ -209,7 +211,7 @@ class LanguageWorker:
     ) -> tuple[LanguageResult, PivotStates | None]:
         """Extract one language and write its tables. The pivot returns its states too when share_pivot (other
         actors need them); every later language of the checkpoint on this worker uses them from the device."""
-        t0 = time.perf_counter()
+        t0, started_at = time.perf_counter(), time.time()
         if task.token_ids is not None:
             states = self.extractor.extract_ids(task.token_ids)
         else:
@@ -274,7 +276,8 @@ class LanguageWorker:
             host_bytes=small.nbytes + big.nbytes,
             nan_states=nan_states,
             pivot_source=pivot_source,
-            finished_at=time.time(),
+            started_at=started_at,
+            extracted_at=started_at + extract_s,
         )
         return result, (big.arrays() if task.is_pivot and share_pivot else None)
 
@@ -287,10 +290,12 @@ class LanguageWorker:
         ):
             task, pending = self._pending.popleft()
             try:
-                pending.result()
-                out.append(WriteOutcome(task.model_name, task.checkpoint, task.lang))
+                ended = pending.result()
+                out.append(WriteOutcome(task.model_name, task.checkpoint, task.lang, finished_at=ended))
             except Exception as e:
-                out.append(WriteOutcome(task.model_name, task.checkpoint, task.lang, str(e).splitlines()[0] or repr(e)))
+                error = str(e).splitlines()[0] or repr(e)
+                ended = getattr(e, "finished_at", None)
+                out.append(WriteOutcome(task.model_name, task.checkpoint, task.lang, error, finished_at=ended))
         return out
 
     def flush(self) -> float:
@@ -300,14 +305,18 @@ class LanguageWorker:
                 raise RuntimeError(outcome.error)
         return self.write_s
 
-    def _write(self, task: LanguageTask, states: HostCopy, counters: tuple, pairs: tuple[dict, dict]) -> None:
+    def _write(self, task: LanguageTask, states: HostCopy, counters: tuple, pairs: tuple[dict, dict]) -> float:
+        """Write a language's tables; returns when the write ended (epoch seconds), also carried by its error."""
         t0 = time.perf_counter()
         try:
             self._write_tables(task, states.arrays(), counters, pairs)
         except Exception as e:
-            raise RuntimeError(f"writing language {task.lang!r} to the lake failed: {e}") from e
+            error = RuntimeError(f"writing language {task.lang!r} to the lake failed: {e}")
+            error.finished_at = time.time()
+            raise error from e
         with self._write_s_lock:
             self.write_s += time.perf_counter() - t0
+        return time.time()
 
     def _write_tables(self, task: LanguageTask, host: dict, counters: tuple, pairs: tuple[dict, dict]) -> None:
         """All of a language's tables, then its done marker (last: a rerun redoes a language cut short)."""

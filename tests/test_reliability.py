@@ -166,10 +166,20 @@ def test_new_weights_in_the_same_directory_recompute_everything(tmp_path, data_d
     assert _alignment(job.lake) == _alignment(clean_job.lake)
 
 
-def test_other_settings_for_some_languages_never_share_a_score(tmp_path, model_dir, data_dir, caplog, ray_session):
+def test_other_settings_for_some_languages_never_share_a_score(
+    tmp_path, model_dir, data_dir, caplog, capsys, ray_session
+):
     job = _job(tmp_path, model_dir, data_dir)
     assert main(["run", job, "--no-progress", "--no-scores"]) == 0
-    assert main(["run", job, "--languages", "fra", "--n-sentences", "4", "--no-progress", "--no-scores"]) == 0
+    small = ["run", job, "--languages", "fra", "--n-sentences", "4", "--no-progress", "--no-scores"]
+    # a small test run would replace the pivot deu was scored against: refused, naming what it would drop
+    code, line, elapsed = _error(capsys, small)
+    assert code == 2 and elapsed < 30
+    assert "1 language(s)" in line and "(deu)" in line and "n_sentences 6 -> 4" in line
+    assert "--force" in line and "another lake" in line
+    before = connect(tmp_path / "lake").execute("SELECT DISTINCT lang, n_sentences FROM alignment ORDER BY 1")
+    assert before.fetchall() == [("deu", 6), ("fra", 6)]  # nothing touched
+    assert main([*small, "--force"]) == 0  # forced: the old behaviour
     con = connect(tmp_path / "lake")  # deu was computed with 6 sentences against the old pivot: left out
     assert "deu" in caplog.text and "other settings" in caplog.text
     assert con.execute("SELECT DISTINCT lang, n_sentences FROM alignment").fetchall() == [("fra", 4)]

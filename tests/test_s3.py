@@ -182,3 +182,122 @@ def test_states_round_trip_on_s3(s3_env):
     )
     assert lake.storage.info(w.path).size == w.bytes
     np.testing.assert_array_equal(lake.read_states("m", "c", "fra")["nas"], states["nas"])
+
+
+def _storage_killer(pid_file: str, at_lang: str):
+    """A LanguageWorker that kills the S3 server (SIGKILL, its pid read from pid_file, once) when `at_lang` starts:
+    the lake stops answering in the middle of a run. Built by a function, so Ray ships the class by value."""
+    from neuronxa_ray.worker import LanguageWorker
+
+    class StorageKiller(LanguageWorker):
+        def process(self, task, pivot=None):
+            import signal
+            import time
+            from pathlib import Path
+
+            pid = Path(pid_file)
+            if task.lang == at_lang and pid.exists():
+                os.kill(int(pid.read_text()), signal.SIGKILL)
+                pid.with_suffix(".killed").write_text(repr(time.time()))
+                pid.unlink()
+            return super().process(task, pivot)
+
+    return StorageKiller
+
+
+def test_lake_lost_mid_run_fails_the_units_then_a_rerun_completes(ray_session, tiny, tmp_path, monkeypatch, capsys):
+    """The S3 server killed while a run writes: the units that could not be written fail after bounded retries, the
+    run ends with the failed-unit table (exit 1, no traceback), and once the server is back a rerun completes."""
+    import functools
+    import time
+
+    import yaml
+    from conftest import start_seaweedfs, stop_seaweedfs
+
+    import neuronxa_ray.execution as execution
+
+    root = tmp_path / "weed"
+    root.mkdir()
+    server = start_seaweedfs(root)
+    try:
+        for k, v in server["env"].items():
+            monkeypatch.setenv(k, v)
+        uri = f"s3://{server['bucket']}/lost"
+        job = tmp_path / "job.yaml"
+        job.write_text(yaml.safe_dump({**tiny, "lake": uri, "placement_timeout_s": 300}))  # busy machines start slowly
+        pid_file = tmp_path / "weed.pid"
+        pid_file.write_text(str(server["proc"].pid))
+        planted = functools.partial(execution.RunOptions, worker_factory=_storage_killer(str(pid_file), "fra"))
+        monkeypatch.setattr(execution, "RunOptions", planted)
+        monkeypatch.setattr(execution, "LAKE_OUTAGE_S", 10.0)  # the default (60 s), shorter for the test
+        code = main(["run", str(job), "--no-progress"])
+        err = capsys.readouterr().err
+        assert pid_file.with_suffix(".killed").exists(), err[-3000:]
+        after_kill = time.time() - float(pid_file.with_suffix(".killed").read_text())
+        assert not pid_file.exists() and server["proc"].wait(10) is not None  # the server was killed mid-run
+        assert code == 1, err[-3000:]
+        assert "Traceback" not in err
+        table = err[err.index("unit(s) failed") :].splitlines()
+        failed = {line.split()[2] for line in table[2:] if line.strip()}
+        assert failed and failed <= {"fra", "deu"}, table
+        assert all("lake" in line for line in table[2:] if line.strip()), table
+        # the S3 client's own retries (about 7 s), the 10 s outage, and no waiting on a dead lake for bookkeeping
+        assert after_kill < 40, after_kill
+        monkeypatch.setattr(execution, "RunOptions", planted.func)
+
+        server = start_seaweedfs(root, server["ports"])  # the lake comes back
+        assert main(["run", str(job), "--no-progress", "--no-scores"]) == 0
+        langs = connect(uri).execute("SELECT DISTINCT lang FROM alignment ORDER BY 1").fetchall()
+        assert langs == [("deu",), ("fra",)]
+        assert main(["lake", "check", "--lake", uri]) == 0
+    finally:
+        stop_seaweedfs(server)
+
+
+def test_lake_back_within_the_outage_the_run_completes(ray_session, tiny, tmp_path, monkeypatch, capsys):
+    """The S3 server killed mid-run and started again 12 seconds later: the units that could not be written wait
+    for the lake (probed with back-off) and are retried; the run completes (exit 0) and the lake checks clean."""
+    import functools
+    import threading
+    import time
+
+    import yaml
+    from conftest import start_seaweedfs, stop_seaweedfs
+
+    import neuronxa_ray.execution as execution
+
+    root = tmp_path / "weed"
+    root.mkdir()
+    servers = [start_seaweedfs(root)]
+    try:
+        for k, v in servers[0]["env"].items():
+            monkeypatch.setenv(k, v)
+        uri = f"s3://{servers[0]['bucket']}/back"
+        job = tmp_path / "job.yaml"
+        job.write_text(yaml.safe_dump({**tiny, "lake": uri, "placement_timeout_s": 300}))  # busy machines start slowly
+        pid_file = tmp_path / "weed.pid"
+        pid_file.write_text(str(servers[0]["proc"].pid))
+        planted = functools.partial(execution.RunOptions, worker_factory=_storage_killer(str(pid_file), "fra"))
+        monkeypatch.setattr(execution, "RunOptions", planted)
+
+        def restart() -> None:
+            while pid_file.exists():
+                time.sleep(0.1)
+            servers[0]["proc"].wait(10)
+            time.sleep(12)  # longer than the S3 client's own retries (about 7 s): the scheduler's wait is tested
+            servers.append(start_seaweedfs(root, servers[0]["ports"]))
+
+        restarter = threading.Thread(target=restart, daemon=True)
+        restarter.start()
+        code = main(["run", str(job), "--no-progress", "--no-scores"])
+        err = capsys.readouterr().err
+        restarter.join(60)
+        assert len(servers) == 2  # killed and started again during the run
+        assert code == 0, err[-3000:]
+        langs = connect(uri).execute("SELECT DISTINCT lang FROM alignment ORDER BY 1").fetchall()
+        assert langs == [("deu",), ("fra",)]
+        statuses = connect(uri).execute("SELECT status, count(*) FROM attempts GROUP BY 1 ORDER BY 1").fetchall()
+        assert dict(statuses)["ok"] == 3 and dict(statuses).get("failed", 0) >= 1  # the failed write is on record
+        assert main(["lake", "check", "--lake", uri]) == 0
+    finally:
+        stop_seaweedfs(servers[-1])
