@@ -190,17 +190,19 @@ def _storage_killer(pid_file: str, at_lang: str):
     from neuronxa_ray.worker import LanguageWorker
 
     class StorageKiller(LanguageWorker):
-        def process(self, task, pivot=None):
+        def process(self, task, pivot=None, **kwargs):
             import signal
             import time
             from pathlib import Path
 
             pid = Path(pid_file)
             if task.lang == at_lang and pid.exists():
+                for _, write in list(self._pending):  # the languages before it are safely written first
+                    write.exception()
                 os.kill(int(pid.read_text()), signal.SIGKILL)
                 pid.with_suffix(".killed").write_text(repr(time.time()))
                 pid.unlink()
-            return super().process(task, pivot)
+            return super().process(task, pivot, **kwargs)
 
     return StorageKiller
 
