@@ -22,6 +22,7 @@ from benchmarks import (
     bench_pipeline,
     bench_scheduler,
     bench_sql,
+    bench_writes,
 )
 from benchmarks.common import TEN_LANGS, save
 
@@ -35,24 +36,26 @@ def main() -> None:
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}\n"
     )
     results = []
-    print("[1/8] hook overhead")
+    print("[1/9] hook overhead")
     results += bench_hooks.main([])
-    print("\n[2/8] pipeline vs bare forward")
+    print("\n[2/9] pipeline vs bare forward")
     lake = Path(tempfile.mkdtemp(prefix="bench-lake-"))
     res, pipe = bench_pipeline.main([], lake_dir=lake)
     results += res
-    print("\n[3/8] against MEXA's code")
+    print("\n[3/9] against MEXA's code")
     results += bench_mexa.main([], ours=pipe, lake=lake)
-    print("\n[4/8] lake size")
+    print("\n[4/9] lake size")
     results += bench_lake.main(lake, TEN_LANGS[:4], 50)
-    print("\n[5/8] memory, 10 vs 40 languages")
+    print("\n[5/9] memory, 10 vs 40 languages")
     results += bench_memory.main(n=5)
-    print("\n[6/8] SQL views: matches vs cells, 50 x 100 and 20 x 1,012 sentences")
+    print("\n[6/9] SQL views: matches vs cells, 50 x 100 and 20 x 1,012 sentences")
     results += bench_sql.main([])
-    print("\n[7/8] scheduler: synthetic makespan and loads on a 4-node cluster; real tiny models vs the old loop")
+    print("\n[7/9] scheduler: synthetic makespan and loads on a 4-node cluster; real tiny models vs the old loop")
     results += bench_scheduler.main([])
-    print("\n[8/8] every language pair: Gemma 3 270M x 32 UDHR languages x 50 sentences")
+    print("\n[8/9] every language pair: Gemma 3 270M x 32 UDHR languages x 50 sentences")
     results += bench_pairs.main([])
+    print("\n[9/9] stored states written to Parquet, before and after")
+    results += bench_writes.main([])
     print(f"\nsummary ({time.perf_counter() - t0:.0f}s):")
     for r in results:
         verdict = "MET   " if r["met"] else "MISSED"
