@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 import transformers
 
+from benchmarks.bench_hooks import bare_forward
 from benchmarks.common import udhr
-from neuronxa_ray.extraction import StateExtractor, pad_batch, plan_batches
+from neuronxa_ray.extraction import StateExtractor
 from neuronxa_ray.lake import Lake, states_table
 from neuronxa_ray.models import ModelSpec, attach
 from neuronxa_ray.readers import BUNDLED_UDHR, read_directory
@@ -112,21 +113,6 @@ def build(shape: str, vocab: int, device: torch.device, dtype: torch.dtype, dire
     return model, config, n_params
 
 
-def bare_batches(lm, ids: list[list[int]], batches: list[list[int]]):
-    """The bare base-model forward over exactly these batches (no hooks, no hidden states)."""
-    padded = [pad_batch([ids[i] for i in rows], 0) for rows in batches]
-
-    @torch.inference_mode()
-    def run():
-        for input_ids, mask in padded:
-            input_ids, mask = input_ids.to(lm.device), mask.to(lm.device)
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
-        sync(lm.device)
-
-    return run
-
-
 def timed(fn, reps: int) -> float:
     """Median seconds of fn after one warm-up."""
     fn()
@@ -141,7 +127,6 @@ def timed(fn, reps: int) -> float:
 def hooked_vs_bare(lm, ids, budgets, n_params, peak, reps) -> list[dict]:
     rows = []
     for budget in budgets:
-        batches = plan_batches([len(x) for x in ids], 16, budget)
         ex = StateExtractor(lm, batch_tokens=budget)
 
         def hooked(ex=ex):
@@ -149,7 +134,7 @@ def hooked_vs_bare(lm, ids, budgets, n_params, peak, reps) -> list[dict]:
             sync(lm.device)
 
         try:
-            t_bare = timed(bare_batches(lm, ids, batches), reps)
+            t_bare = timed(bare_forward(lm, ids, 16, budget), reps)
             t_hooked = timed(hooked, reps)
         except torch.OutOfMemoryError:
             log(f"  {budget:>6} tokens a batch: out of memory")
@@ -203,8 +188,7 @@ def whole_worker(model_dir, lm, data, tok, budget, store_states, lake_dir) -> di
     t0 = time.perf_counter()
     run()
     t_worker = time.perf_counter() - t0
-    batches = {lang: plan_batches([len(x) for x in v], 16, worker.extractor.batch_tokens) for lang, v in ids.items()}
-    bares = [bare_batches(lm, ids[lang], batches[lang]) for lang in langs]
+    bares = [bare_forward(lm, ids[lang], 16, worker.extractor.batch_tokens) for lang in langs]
     t_bare = timed(lambda: [b() for b in bares], 1)
     lake_bytes = sum(p.stat().st_size for p in Path(lake_dir).rglob("*") if p.is_file())
     return {

@@ -8,15 +8,15 @@ import argparse
 import torch
 
 from benchmarks.common import GEMMA, interleaved, report, save, udhr
-from neuronxa_ray.extraction import StateExtractor, pad_batch
+from neuronxa_ray.extraction import StateExtractor, pad_batch, plan_batches
 from neuronxa_ray.models import ModelSpec, load_model
 
 
-def bare_forward(lm, ids: list[list[int]], batch_size: int):
+def bare_forward(lm, ids: list[list[int]], batch_size: int, batch_tokens: int | None = None):
     """The same batches as the extractor makes (longest first, right-padded), without hooks or hidden states."""
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer is not None else 0
-    batches = [pad_batch([ids[i] for i in order[s : s + batch_size]], pad_id) for s in range(0, len(ids), batch_size)]
+    rows = plan_batches([len(x) for x in ids], batch_size, batch_tokens)
+    batches = [pad_batch([ids[i] for i in batch], pad_id) for batch in rows]
 
     @torch.inference_mode()
     def run():
