@@ -407,7 +407,8 @@ class _Charts:
             opacity=alt.condition(alt.datum.lang == pick, alt.value(1.0), alt.value(0.0)),
             tooltip=tooltip,
         )
-        drawn = [per_lang, mean, marked, picked]
+        # A layer whose filter keeps no row gives Vega an empty extent (a console warning): draw marks only if any.
+        drawn = [per_lang, mean, picked] + ([marked] if any(r.get("significant") for r in rows) else [])
         if bands:
             band = (
                 base.mark_area(opacity=0.25)

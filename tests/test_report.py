@@ -178,7 +178,25 @@ def test_training_curve_draws_intervals_and_marks_significant_steps(synthetic):
     assert {r["checkpoint"] for r in curve if r["significant"] == "True"} <= {"late"}  # never the first checkpoint
     fig = next(f for f in report.figures if f.title.startswith("Training curve"))
     spec = json.dumps(fig.spec)
-    assert '"area"' in spec and '"diamond"' in spec and "Benjamini" in report.sections[2].intro
+    marked = any(r["significant"] == "True" for r in curve)
+    assert '"area"' in spec and "Benjamini" in report.sections[2].intro
+    assert ('"diamond"' in spec) == marked  # no marks layer without a marked step: Vega warns on an empty extent
+
+
+def test_a_significant_step_is_marked(tmp_path):
+    """40 sentences, chance-level alignment at the first checkpoint, a strong diagonal at the second: marked."""
+    rng = np.random.default_rng(5)
+    n = 40
+    mats = {}
+    for ckpt, step in CKPTS:
+        for lang in LANGS:
+            for method in METHODS:
+                mats[(ckpt, lang, method)] = rng.normal(0.0, 0.3, size=(LAYERS, n, n)) + np.eye(n) * (step == 20)
+    report = build_report(_write_lake(tmp_path / "lake", mats, runs=False))
+    curve = _dataset(report, "Training curve")
+    assert {r["checkpoint"] for r in curve if r["significant"] == "True"} == {"late"}
+    fig = next(f for f in report.figures if f.title.startswith("Training curve"))
+    assert '"diamond"' in json.dumps(fig.spec)
 
 
 def test_retrieval_asymmetry_matches_numpy(synthetic):
