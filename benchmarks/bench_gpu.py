@@ -35,11 +35,12 @@ import transformers
 
 from benchmarks.bench_hooks import bare_forward
 from benchmarks.common import udhr
-from neuronxa_ray.extraction import StateExtractor
+from neuronxa_ray.compute.extraction import StateExtractor
+from neuronxa_ray.corpus.readers import BUNDLED_UDHR, read_directory
 from neuronxa_ray.lake import Lake, states_table
-from neuronxa_ray.models import ModelSpec, attach
-from neuronxa_ray.readers import BUNDLED_UDHR, read_directory
-from neuronxa_ray.worker import LanguageTask, LanguageWorker, WorkerSettings
+from neuronxa_ray.model.load import attach
+from neuronxa_ray.model.spec import ModelSpec
+from neuronxa_ray.worker.worker import LanguageTask, LanguageWorker, WorkerSettings
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
 BEFORE = {  # H100, 2026-11-25, the worker before the GPU data path (batches of 16 / 64 sentences)

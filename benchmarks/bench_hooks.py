@@ -8,8 +8,9 @@ import argparse
 import torch
 
 from benchmarks.common import GEMMA, interleaved, report, save, udhr
-from neuronxa_ray.extraction import StateExtractor, pad_batch, plan_batches
-from neuronxa_ray.models import ModelSpec, load_model
+from neuronxa_ray.compute.extraction import StateExtractor, pad_batch, plan_batches
+from neuronxa_ray.model.load import load_model
+from neuronxa_ray.model.spec import ModelSpec
 
 
 def bare_forward(lm, ids: list[list[int]], batch_size: int, batch_tokens: int | None = None):

@@ -14,7 +14,7 @@ import numpy as np
 
 from benchmarks.common import report, save
 from neuronxa_ray.lake import SCHEMAS, Lake
-from neuronxa_ray.sql import connect
+from neuronxa_ray.query import connect
 
 SEVEN_B = {"n_layers": 32, "d_ff": 11008, "d_model": 4096, "langs": 200, "n": 100}
 

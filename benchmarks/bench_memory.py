@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.common import report, save
-from neuronxa_ray.readers import BUNDLED_UDHR, read_directory
+from neuronxa_ray.corpus.readers import BUNDLED_UDHR, read_directory
 
 CHILD = """
 import sys

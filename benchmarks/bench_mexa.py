@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 
 from benchmarks.common import GEMMA, TEN_LANGS, report, save, udhr
-from neuronxa_ray.models import ModelSpec, materialize_gguf, resolve_source
-from neuronxa_ray.sql import connect
+from neuronxa_ray.model.gguf import materialize_gguf
+from neuronxa_ray.model.resolve import resolve_source
+from neuronxa_ray.model.spec import ModelSpec
+from neuronxa_ray.query import connect
 
 
 def run_mexa(mexa_dir: Path, model_dir: Path, data: Path, work: Path, pivot: str, n: int) -> dict:

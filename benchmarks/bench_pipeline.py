@@ -13,11 +13,12 @@ import torch
 
 from benchmarks.bench_hooks import bare_forward
 from benchmarks.common import GEMMA, TEN_LANGS, report, save, udhr
+from neuronxa_ray.compute.extraction import StateExtractor
 from neuronxa_ray.config import job_from_dict
 from neuronxa_ray.execution import run_job
-from neuronxa_ray.extraction import StateExtractor
-from neuronxa_ray.models import ModelSpec, load_model
-from neuronxa_ray.sql import connect
+from neuronxa_ray.model.load import load_model
+from neuronxa_ray.model.spec import ModelSpec
+from neuronxa_ray.query import connect
 
 
 def run_pipeline(lake: Path, langs: list[str], n: int, model: str = GEMMA, **extra) -> dict:

@@ -33,7 +33,7 @@ LANGS = list(COSTS)
 
 def _sleep_worker(load_s: float, costs: dict[str, float]):
     """A worker with the LanguageWorker interface whose load and languages take known times."""
-    from neuronxa_ray.worker import LanguageResult, WriteOutcome
+    from neuronxa_ray.worker.worker import LanguageResult, WriteOutcome
 
     class SleepWorker:
         @staticmethod
@@ -119,7 +119,7 @@ def synthetic(root: Path, n_checkpoints: int = 12, n_actors: int = 4) -> tuple[l
     from ray.cluster_utils import Cluster
 
     from neuronxa_ray.execution import RunOptions, run_jobs
-    from neuronxa_ray.sql import connect
+    from neuronxa_ray.query import connect
 
     if ray.is_initialized():
         ray.shutdown()

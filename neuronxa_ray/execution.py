@@ -43,7 +43,7 @@ from neuronxa_ray.config import JobConfig
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake import SCHEMA_VERSION, Lake
 from neuronxa_ray.planning import CheckpointPlan, plan_jobs
-from neuronxa_ray.worker import LanguageResult, LanguageTask, LanguageWorker, WorkerSettings, WriteOutcome
+from neuronxa_ray.worker.worker import LanguageResult, LanguageTask, LanguageWorker, WorkerSettings, WriteOutcome
 
 log = logging.getLogger(__name__)
 
@@ -953,7 +953,7 @@ def _pool_shape(ray, job: JobConfig) -> tuple[int, dict[str, float], int]:
 
 def _tokenize_all(plans: list[CheckpointPlan], first_tokenizer: Future | None) -> dict[tuple[int, str], list]:
     """Token ids of every unit, in the driver (CPU work off the accelerators); one tokenizer per distinct source."""
-    from neuronxa_ray.models import load_tokenizer
+    from neuronxa_ray.model.load import load_tokenizer
 
     tokenizers: dict[str, Any] = {}
     by_text: dict[tuple[str, str, int | None], list] = {}
@@ -1012,7 +1012,9 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
         if job.trust_remote_code:
             log.warning("%s: trust_remote_code is true: Python code from the model directory will run", job.source)
 
-    from neuronxa_ray.models import load_tokenizer, materialize_gguf, needs_conversion, resolve_source
+    from neuronxa_ray.model.gguf import materialize_gguf, needs_conversion
+    from neuronxa_ray.model.load import load_tokenizer
+    from neuronxa_ray.model.resolve import resolve_source
 
     for plan in plans:
         if needs_conversion(plan.spec):  # once, here, rather than in every actor at the same time

@@ -172,7 +172,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("value", pa.float64(), False),
             pa.field("model", pa.string()),  # NULL: applies to every model
             pa.field("checkpoint", pa.string()),  # NULL: applies to every checkpoint
-            pa.field("lang_canonical", pa.string()),  # neuronxa_ray.languages.canonical_lang(lang)
+            pa.field("lang_canonical", pa.string()),  # neuronxa_ray.corpus.languages.canonical_lang(lang)
             pa.field("task", pa.string()),  # the source's own task name (lm-eval), else NULL
             pa.field("metric", pa.string()),  # the source's metric key, e.g. "acc,none", else NULL
         ],

@@ -19,10 +19,11 @@ import posixpath
 from dataclasses import dataclass, field
 
 from neuronxa_ray.config import Checkpoint, JobConfig
+from neuronxa_ray.corpus.readers import ParallelCorpus
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake import SCHEMA_VERSION, Lake
-from neuronxa_ray.models import ModelSpec, ResolvedModel, check_architecture, resolve_model
-from neuronxa_ray.readers import ParallelCorpus
+from neuronxa_ray.model.resolve import ResolvedModel, check_architecture, resolve_model
+from neuronxa_ray.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

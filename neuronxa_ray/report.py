@@ -1,6 +1,6 @@
 """`neuronxa-ray report`: one self-contained HTML file with the lake's figures (no CDN, no network).
 
-Every number comes from the lake's SQL views (neuronxa_ray.sql.connect): `alignment`, `alignment_summary`,
+Every number comes from the lake's SQL views (neuronxa_ray.query.connect.connect): `alignment`, `alignment_summary`,
 `training_curve`, `retrieval`, `correlation`, `language_specific_neurons`, `runs`, and the optional
 `alignment_matrix` / neuron-overlap views when they exist. Aggregation happens in DuckDB, so the page embeds only
 small tables: per-layer detail for a few checkpoints, layer means for the rest.
@@ -1022,7 +1022,7 @@ def build_report(
     """Query the lake's views and build every section's figures (Vega-Lite specs); nothing is written."""
     alt, _ = _require_plotting()
     from neuronxa_ray.lake import Lake
-    from neuronxa_ray.sql import connect
+    from neuronxa_ray.query import connect
 
     root = Lake(lake)  # a directory or an object-store URI
     if not root.exists():

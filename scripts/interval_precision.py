@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from neuronxa_ray.intervals import sentence_interval
-from neuronxa_ray.report import METHOD_LABELS, METHOD_ORDER
 from neuronxa_ray.sql import connect
+
+from neuronxa_ray.report import METHOD_LABELS, METHOD_ORDER
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
-from neuronxa_ray.worker import LanguageWorker
+from neuronxa_ray.worker.worker import LanguageWorker
 
 
 def slow_worker(signal_dir: str, delay_s: float, fail_langs: tuple[str, ...] = ()):

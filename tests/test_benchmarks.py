@@ -15,11 +15,11 @@ import scipy.stats
 import torch
 from lake_helpers import mark_complete
 
-from neuronxa_ray.benchmarks import choose_metric, parse_task, read_lm_eval
 from neuronxa_ray.cli import main
+from neuronxa_ray.downstream.results import choose_metric, parse_task, read_lm_eval
 from neuronxa_ray.lake import SCHEMAS, Lake, matches_table, similarity_table
+from neuronxa_ray.query import connect
 from neuronxa_ray.scoring import match_stats
-from neuronxa_ray.sql import connect
 
 
 def _group(task: str) -> str:

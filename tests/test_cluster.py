@@ -14,7 +14,7 @@ from neuronxa_ray.config import job_from_dict
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.execution import RunOptions, run_jobs
 from neuronxa_ray.lake import Lake
-from neuronxa_ray.sql import connect
+from neuronxa_ray.query import connect
 
 NODE = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
 

@@ -6,7 +6,7 @@ import torch
 from reference import cosine_matrix, reference_states
 from tiny_models import CONFIGS, TEXTS, make_model
 
-from neuronxa_ray.extraction import METHODS, StateExtractor, position_weights
+from neuronxa_ray.compute.extraction import METHODS, StateExtractor, position_weights
 from neuronxa_ray.scoring import cosine_matrices
 
 ARCHS = sorted(CONFIGS)

@@ -14,7 +14,7 @@ import yaml
 from tiny_models import TEXTS, save_tiny
 
 from neuronxa_ray.lake import Lake
-from neuronxa_ray.sql import connect
+from neuronxa_ray.query import connect
 
 STEPS = (1, 2, 3, 4, 5, 6)
 

@@ -14,8 +14,8 @@ import torch
 from reference import reference_states
 from tiny_models import TEXTS, make_model, save_tiny
 
-from neuronxa_ray.extraction import METHODS, StateExtractor, plan_batches
-from neuronxa_ray.reduction import ffn_sums
+from neuronxa_ray.compute.extraction import METHODS, StateExtractor, plan_batches
+from neuronxa_ray.compute.reduction import ffn_sums
 
 
 def _activation(dtype, batch=3, seq=9, d_ff=40, seed=0):
@@ -80,7 +80,7 @@ _TRITON_SCRIPT = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
 from test_gpu_path import _activation, _float64_sums
-from neuronxa_ray.reduction import ffn_sums, pooled_sum, use_triton
+from neuronxa_ray.compute.reduction import ffn_sums, pooled_sum, use_triton
 out = {}
 for name, dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16), ("float32", torch.float32)):
     act, weights, mask = _activation(dtype, batch=3, seq=37, d_ff=300)
@@ -157,8 +157,8 @@ def test_only_what_is_kept_leaves_the_device(tmp_path, monkeypatch, store_states
     import transformers
     from tiny_models import make_tokenizer
 
-    from neuronxa_ray.models import ModelSpec
-    from neuronxa_ray.worker import LanguageTask, LanguageWorker, WorkerSettings
+    from neuronxa_ray.model.spec import ModelSpec
+    from neuronxa_ray.worker.worker import LanguageTask, LanguageWorker, WorkerSettings
 
     torch.manual_seed(0)  # wide FFNs, as real models have (d_ff >> sentences): the two sizes differ clearly
     config = transformers.LlamaConfig(
@@ -193,8 +193,8 @@ def test_only_what_is_kept_leaves_the_device(tmp_path, monkeypatch, store_states
 def test_a_pivot_no_one_hands_over_is_computed_where_needed(tmp_path):
     """An actor without the pivot's states (another actor computed them and did not share, or they were lost)
     computes them from the pivot's token ids: the same matches as with the states handed over."""
-    from neuronxa_ray.models import ModelSpec
-    from neuronxa_ray.worker import LanguageTask, LanguageWorker, WorkerSettings
+    from neuronxa_ray.model.spec import ModelSpec
+    from neuronxa_ray.worker.worker import LanguageTask, LanguageWorker, WorkerSettings
 
     save_tiny("llama", tmp_path / "model", seed=5)
     spec = ModelSpec(model=str(tmp_path / "model"))

@@ -485,7 +485,7 @@ def test_launcher_installs_the_local_wheel():
 
 def test_readme_queries_bind_to_the_views(tmp_path):
     """Every `neuronxa-ray sql` query in README's cluster section names views and columns that exist."""
-    from neuronxa_ray.sql import connect
+    from neuronxa_ray.query import connect
 
     con = connect(tmp_path)  # an empty lake: every view exists, with no rows
     queries = [parse_command(c) for c in commands_in(readme_cluster_section())]

@@ -7,9 +7,9 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from neuronxa_ray.intervals import paired_interval, sentence_interval
 from neuronxa_ray.lake import SCHEMAS, Lake, matches_table
-from neuronxa_ray.sql import connect
+from neuronxa_ray.query import connect
+from neuronxa_ray.query.intervals import paired_interval, sentence_interval
 
 MODEL, PIVOT = "org/tiny", "eng"
 LANGS = ("deu", "fra", "swh")

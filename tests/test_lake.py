@@ -22,7 +22,7 @@ from neuronxa_ray.lake import (
     slug,
     states_table,
 )
-from neuronxa_ray.sql import connect
+from neuronxa_ray.query import connect
 
 
 def _states(rng, n=4):

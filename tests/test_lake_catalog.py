@@ -11,7 +11,7 @@ from test_lake import write_language
 
 from neuronxa_ray.cli import main
 from neuronxa_ray.lake import Lake
-from neuronxa_ray.sql import connect
+from neuronxa_ray.query import connect
 
 
 def _lake(tmp_path, langs=("eng", "fra", "deu"), seed=0):

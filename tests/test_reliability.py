@@ -14,7 +14,7 @@ from tiny_models import TEXTS, save_tiny
 
 from neuronxa_ray.cli import main
 from neuronxa_ray.lake import Lake
-from neuronxa_ray.sql import connect
+from neuronxa_ray.query import connect
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +238,7 @@ def test_long_sentences_are_cut_at_the_models_positions_with_a_warning(tmp_path,
 
 
 def test_a_bom_is_removed_once_with_a_word(tmp_path, model_dir, data_dir, caplog):
-    from neuronxa_ray.readers import read_corpus
+    from neuronxa_ray.corpus.readers import read_corpus
 
     with_bom = tmp_path / "bom"
     shutil.copytree(data_dir, with_bom)

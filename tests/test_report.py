@@ -154,7 +154,7 @@ def test_per_layer_and_training_data_match_numpy(synthetic):
 
 
 def test_training_curve_draws_intervals_and_marks_significant_steps(synthetic):
-    from neuronxa_ray.sql import connect
+    from neuronxa_ray.query import connect
 
     root, _ = synthetic
     report = build_report(root)
@@ -245,8 +245,8 @@ def test_correlation_shows_the_views_p_values(synthetic, tmp_path):
     bench = tmp_path / "b.csv"
     bench.write_text("benchmark,lang,value\nxnli,deu,0.61\nxnli,fra,0.70\n")
     assert main(["import-benchmarks", str(bench), "--lake", str(lake)]) == 0
+    from neuronxa_ray.query import connect
     from neuronxa_ray.report import _fmt
-    from neuronxa_ray.sql import connect
 
     stats = connect(lake).execute("SELECT pearson_p, spearman_p FROM correlation WHERE method = 'nas'").fetchall()
     assert stats and all(row[0] is not None for row in stats)  # Spearman's p needs n > 2: shown as a dash

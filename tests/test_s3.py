@@ -16,7 +16,7 @@ from neuronxa_ray.cli import main, print_scores
 from neuronxa_ray.config import job_from_dict
 from neuronxa_ray.execution import run_job
 from neuronxa_ray.lake import Lake
-from neuronxa_ray.sql import connect
+from neuronxa_ray.query import connect
 
 SCORES = "SELECT method, lang, layer, score FROM alignment ORDER BY ALL"
 
@@ -89,7 +89,7 @@ def test_job_on_s3_matches_local_and_resumes(ray_session, s3_env, tiny, tmp_path
 
 
 def _no_model_load(monkeypatch):
-    import neuronxa_ray.models as models
+    import neuronxa_ray.model.load as models
 
     def boom(*a, **k):
         raise AssertionError("a model was loaded")
@@ -187,7 +187,7 @@ def test_states_round_trip_on_s3(s3_env):
 def _storage_killer(pid_file: str, at_lang: str):
     """A LanguageWorker that kills the S3 server (SIGKILL, its pid read from pid_file, once) when `at_lang` starts:
     the lake stops answering in the middle of a run. Built by a function, so Ray ships the class by value."""
-    from neuronxa_ray.worker import LanguageWorker
+    from neuronxa_ray.worker.worker import LanguageWorker
 
     class StorageKiller(LanguageWorker):
         def process(self, task, pivot=None, **kwargs):

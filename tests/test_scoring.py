@@ -9,8 +9,8 @@ from reference import column_hits, cosine_matrix, mutual_nn_score, retrieval_acc
 from tiny_models import TEXTS, save_tiny
 
 from neuronxa_ray.lake import Lake, states_table
+from neuronxa_ray.query import connect
 from neuronxa_ray.scoring import compute_pairs, match_stats
-from neuronxa_ray.sql import connect
 
 
 def ranks_reference(C) -> tuple[list, list]:
@@ -146,9 +146,9 @@ def test_pivot_row_of_the_pair_matrix_equals_the_workers_scores_exactly(tmp_path
     """The worker's single-pivot matches (computed during extraction) and the pair computation (from stored
     states) agree bit for bit: same float32 states, same float64 matmul. The other pivots' pairs join them in
     alignment_matrix, and go stale when a source language is recomputed with other settings."""
-    from neuronxa_ray.models import ModelSpec
+    from neuronxa_ray.model.spec import ModelSpec
     from neuronxa_ray.scoring import matches_of
-    from neuronxa_ray.worker import LanguageTask, LanguageWorker, WorkerSettings
+    from neuronxa_ray.worker.worker import LanguageTask, LanguageWorker, WorkerSettings
 
     save_tiny("llama", tmp_path / "model", seed=5)
     lake_dir = tmp_path / "lake"

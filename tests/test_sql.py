@@ -11,8 +11,8 @@ import torch
 from reference import average_ranks, cosine_matrix, mutual_nn_score, retrieval_accuracy
 
 from neuronxa_ray.lake import Lake, WrittenFile, matches_table, neuron_counts_table, similarity_table, states_table
+from neuronxa_ray.query import connect
 from neuronxa_ray.scoring import cosine_matrices, match_stats
-from neuronxa_ray.sql import connect
 
 MODEL, CKPT = "org/tiny-model", "main"
 LANGS = ["deu", "eng", "fra"]
@@ -439,7 +439,7 @@ def test_every_view_is_unique_on_its_declared_grain(fixture, request):
         " ('xnli', 'deu', 2.0, NULL, NULL), ('xnli', 'deu', 3.0, 'other-model', NULL))"
         " AS t(benchmark, lang, value, model, checkpoint)"
     )
-    sql_text = "".join(text for _, text in __import__("neuronxa_ray.sql", fromlist=["x"]).sql_texts())
+    sql_text = "".join(text for _, text in __import__("neuronxa_ray.query.connect", fromlist=["x"]).sql_texts())
     for view, key in GRAINS.items():
         assert f"Grain: ({key})" in " ".join(sql_text.split()), view  # the header declares this grain
         total, distinct = con.execute(f"SELECT count(*), count(DISTINCT ({key})) FROM {view}").fetchone()

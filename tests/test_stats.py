@@ -11,10 +11,9 @@ import scipy.stats
 import torch
 from lake_helpers import mark_complete
 
-from neuronxa_ray import stats
+from neuronxa_ray.corpus.languages import canonical_lang, is_language_code, language_name
 from neuronxa_ray.lake import Lake, neuron_counts_table
-from neuronxa_ray.languages import canonical_lang, is_language_code, language_name
-from neuronxa_ray.sql import connect
+from neuronxa_ray.query import connect, stats
 
 # ---------------------------------------------------------------------------------------------- correlations
 

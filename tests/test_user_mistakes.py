@@ -24,8 +24,8 @@ from tiny_models import TEXTS, save_tiny
 
 from neuronxa_ray.cli import main, print_scores
 from neuronxa_ray.lake import Lake, matches_table
+from neuronxa_ray.query import connect
 from neuronxa_ray.scoring import match_stats
-from neuronxa_ray.sql import connect
 
 REPO = Path(__file__).resolve().parent.parent
 LANGS = ["cmn", "deu", "fra", "swh"]  # stored codes; benchmarks below use lm-eval's zh, de, fr, sw
@@ -401,7 +401,9 @@ def test_no_noise_in_non_terminal_logs_and_one_nothing_to_do(tmp_path):
 def test_progress_bars_of_model_loading_stay_off_a_pipe(tmp_path, capfd):
     from transformers.utils import logging as hf_logging
 
-    from neuronxa_ray.models import ModelSpec, load_model, quiet_progress
+    from neuronxa_ray.model.gguf import quiet_progress
+    from neuronxa_ray.model.load import load_model
+    from neuronxa_ray.model.spec import ModelSpec
 
     pytest.importorskip("gguf")
     import transformers.modeling_gguf_pytorch_utils as gguf_utils

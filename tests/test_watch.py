@@ -12,7 +12,7 @@ from tiny_models import TEXTS, save_tiny
 from neuronxa_ray.cli import main
 from neuronxa_ray.config import step_from_name
 from neuronxa_ray.errors import NeuronxaError
-from neuronxa_ray.sql import connect
+from neuronxa_ray.query import connect
 
 
 def test_step_is_parsed_from_the_name():
@@ -122,7 +122,7 @@ def test_each_checkpoint_prints_when_done_and_a_failed_one_is_retried_with_back_
     """Two checkpoints ready at once: each is reported right after its own evaluation. One fails twice (a lake that
     was down: its files never change) and is tried again after 1 s, then 2 s, and then evaluated."""
     from neuronxa_ray.config import load_job
-    from neuronxa_ray.watch import missing, watch
+    from neuronxa_ray.execution.watch import missing, watch
 
     job = load_job(_glob_job(tmp_path))
     for step in (100, 200):

@@ -7,7 +7,8 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from neuronxa_ray.models import ModelSpec, attach
+from neuronxa_ray.model.load import attach
+from neuronxa_ray.model.spec import ModelSpec
 
 TEXTS = {
     "eng": [

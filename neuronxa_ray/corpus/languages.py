@@ -88,14 +88,3 @@ def is_language_code(code: str, allow_iso639_3: bool = True) -> bool:
     if not base.isalpha() or not base.islower() or len(base) not in lengths:
         return False
     return parse(text).known
-
-
-def register(con) -> None:
-    """DuckDB scalar functions canonical_lang(code) and language_name(code) on a connection."""
-    from neuronxa_ray.stats import sql_type
-
-    VARCHAR = sql_type("VARCHAR")
-    con.create_function(
-        "canonical_lang", canonical_lang, [VARCHAR], VARCHAR, null_handling="special", side_effects=False
-    )
-    con.create_function("language_name", language_name, [VARCHAR], VARCHAR, null_handling="special", side_effects=False)

@@ -20,9 +20,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from neuronxa_ray.corpus.languages import canonical_lang, is_language_code, parse
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake import SCHEMAS, Lake, slug
-from neuronxa_ray.languages import canonical_lang, is_language_code, parse
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from neuronxa_ray.models import LoadedModel, tokenize
-from neuronxa_ray.reduction import accumulation_dtype, ffn_sums, pooled_sum
+from neuronxa_ray.compute.reduction import accumulation_dtype, ffn_sums, pooled_sum
+from neuronxa_ray.model.load import LoadedModel, tokenize
 
 log = logging.getLogger(__name__)
 

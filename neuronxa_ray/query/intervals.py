@@ -145,7 +145,7 @@ def _struct(names: list[str], columns: list[np.ndarray], valid: np.ndarray) -> p
     return pa.StructArray.from_arrays(arrays, names=names, mask=pa.array(~valid))
 
 
-def _sentence_bootstrap_arrow(hits, denominator, level, resamples, seed) -> pa.StructArray:
+def sentence_bootstrap_arrow(hits, denominator, level, resamples, seed) -> pa.StructArray:
     lists, den = _lists(hits), _scalars(denominator)
     lv, rs, sd = _scalars(level), _scalars(resamples), _scalars(seed)
     rows = len(lists)
@@ -165,7 +165,7 @@ def _sentence_bootstrap_arrow(hits, denominator, level, resamples, seed) -> pa.S
     return _struct(["estimate", "low", "high"], out, valid)
 
 
-def _paired_bootstrap_arrow(hits_a, hits_b, denominator_a, denominator_b, level, resamples, seed) -> pa.StructArray:
+def paired_bootstrap_arrow(hits_a, hits_b, denominator_a, denominator_b, level, resamples, seed) -> pa.StructArray:
     la, lb = _lists(hits_a), _lists(hits_b)
     da, db = _scalars(denominator_a), _scalars(denominator_b)
     lv, rs, sd = _scalars(level), _scalars(resamples), _scalars(seed)
@@ -194,25 +194,3 @@ def _paired_bootstrap_arrow(hits_a, hits_b, denominator_a, denominator_b, level,
             target[idx] = values
         valid[idx] = True
     return _struct(["score_a", "score_b", "difference", "low", "high", "p_value"], out, valid)
-
-
-def register(con) -> None:
-    """Register sentence_bootstrap and paired_bootstrap on a DuckDB connection."""
-    con.create_function(
-        "sentence_bootstrap",
-        _sentence_bootstrap_arrow,
-        ["INTEGER[]", "DOUBLE", "DOUBLE", "BIGINT", "BIGINT"],
-        "STRUCT(estimate DOUBLE, low DOUBLE, high DOUBLE)",
-        type="arrow",
-        null_handling="special",
-        side_effects=False,
-    )
-    con.create_function(
-        "paired_bootstrap",
-        _paired_bootstrap_arrow,
-        ["INTEGER[]", "INTEGER[]", "DOUBLE", "DOUBLE", "DOUBLE", "BIGINT", "BIGINT"],
-        "STRUCT(score_a DOUBLE, score_b DOUBLE, difference DOUBLE, low DOUBLE, high DOUBLE, p_value DOUBLE)",
-        type="arrow",
-        null_handling="special",
-        side_effects=False,
-    )

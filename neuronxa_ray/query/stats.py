@@ -74,33 +74,3 @@ def fisher_ci_low(r: float | None, n: int | None, confidence: float | None) -> f
 def fisher_ci_high(r: float | None, n: int | None, confidence: float | None) -> float | None:
     """Upper end of the Fisher-z confidence interval of a correlation."""
     return _fisher(r, n, confidence, 1)
-
-
-def sql_type(name: str):
-    """A DuckDB type object by name (duckdb.sqltypes in DuckDB 2, duckdb.typing before)."""
-    try:
-        from duckdb import sqltypes as types
-    except ImportError:  # DuckDB 1.x
-        from duckdb import typing as types
-    return getattr(types, name)
-
-
-def register(con) -> None:
-    """Register the statistics, bootstrap and language-code functions the views in sql/ use on a DuckDB connection."""
-    from neuronxa_ray import intervals, languages
-
-    double, bigint = sql_type("DOUBLE"), sql_type("BIGINT")
-    con.create_function(
-        "pearson_pvalue", pearson_pvalue, [double, bigint], double, null_handling="special", side_effects=False
-    )
-    con.create_function(
-        "spearman_pvalue", spearman_pvalue, [double, bigint], double, null_handling="special", side_effects=False
-    )
-    con.create_function(
-        "fisher_ci_low", fisher_ci_low, [double, bigint, double], double, null_handling="special", side_effects=False
-    )
-    con.create_function(
-        "fisher_ci_high", fisher_ci_high, [double, bigint, double], double, null_handling="special", side_effects=False
-    )
-    intervals.register(con)
-    languages.register(con)
