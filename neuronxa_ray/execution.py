@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neuronxa_ray import __version__
-from neuronxa_ray.config import JobConfig
+from neuronxa_ray.config.job import JobConfig
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake import SCHEMA_VERSION, Lake
 from neuronxa_ray.planning import CheckpointPlan, plan_jobs

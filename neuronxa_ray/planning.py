@@ -18,7 +18,7 @@ import logging
 import posixpath
 from dataclasses import dataclass, field
 
-from neuronxa_ray.config import Checkpoint, JobConfig
+from neuronxa_ray.config.job import Checkpoint, JobConfig
 from neuronxa_ray.corpus.readers import ParallelCorpus
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake import SCHEMA_VERSION, Lake

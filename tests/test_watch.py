@@ -10,7 +10,7 @@ from fault_workers import wait_for
 from tiny_models import TEXTS, save_tiny
 
 from neuronxa_ray.cli import main
-from neuronxa_ray.config import step_from_name
+from neuronxa_ray.config.job import step_from_name
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.query import connect
 

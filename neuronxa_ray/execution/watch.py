@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from neuronxa_ray.config import Checkpoint, JobConfig
+from neuronxa_ray.config.job import Checkpoint, JobConfig
 from neuronxa_ray.errors import NeuronxaError
 
 log = logging.getLogger(__name__)
