@@ -42,7 +42,7 @@ from neuronxa_ray import __version__
 from neuronxa_ray.config.job import JobConfig
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake import SCHEMA_VERSION, Lake
-from neuronxa_ray.planning import CheckpointPlan, plan_jobs
+from neuronxa_ray.planning.plan import CheckpointPlan, plan_jobs
 from neuronxa_ray.worker.worker import LanguageResult, LanguageTask, LanguageWorker, WorkerSettings, WriteOutcome
 
 log = logging.getLogger(__name__)

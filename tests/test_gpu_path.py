@@ -228,7 +228,7 @@ def test_default_storage_policy_is_sized_for_an_8b_model_on_flores_200(tmp_path)
     """store_states: auto keeps a small job's states and drops an 8B x FLORES-200 checkpoint's (~0.5 TB as
     float16), keeping the job's every-pair requests possible."""
     from neuronxa_ray.config import job_from_dict
-    from neuronxa_ray.planning import resolve_store_states, state_bytes_per_sentence
+    from neuronxa_ray.planning.tables import resolve_store_states, state_bytes_per_sentence
 
     llama_8b = {"num_hidden_layers": 32, "intermediate_size": 14336, "hidden_size": 4096}
     per_sentence = state_bytes_per_sentence(llama_8b, "float16")
