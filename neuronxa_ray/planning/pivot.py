@@ -50,7 +50,7 @@ def _stored_settings(lake: Lake, model: str, name: str, checkpoint_fp: str) -> d
     return None
 
 
-def _refuse_replacing_pivot(
+def refuse_replacing_pivot(
     job: JobConfig, checkpoint: Checkpoint, lake: Lake, stored_fp: str, languages: list[str], max_length: int | None
 ) -> None:
     """Recomputing the pivot with other settings makes every language scored against the stored one stale: refuse

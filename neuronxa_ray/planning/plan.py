@@ -19,8 +19,8 @@ from neuronxa_ray.lake import Lake
 from neuronxa_ray.model.resolve import ResolvedModel, check_architecture, resolve_model
 from neuronxa_ray.model.spec import ModelSpec
 from neuronxa_ray.planning.fingerprints import checkpoint_fingerprint, language_fingerprint
-from neuronxa_ray.planning.pivot import _refuse_replacing_pivot
-from neuronxa_ray.planning.tables import _tables, required_tables, resolve_store_states
+from neuronxa_ray.planning.pivot import refuse_replacing_pivot
+from neuronxa_ray.planning.tables import tables_of, required_tables, resolve_store_states
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _done(
     """Complete, current, holding what the job asks for, and computed at its pivot's precision."""
     record = lake.completion(job.model_name, name, job.pivot, lang)
     needed = required_tables(job, lang, store_states)
-    if record is None or record.get("fingerprint") != fingerprint or not needed <= _tables(record):
+    if record is None or record.get("fingerprint") != fingerprint or not needed <= tables_of(record):
         return False
     precision, pivot_precision = record.get("precision"), (pivot or {}).get("precision")
     return not (precision and pivot_precision and precision != pivot_precision)
@@ -100,7 +100,7 @@ def plan_checkpoint(
         ]
         stored_fp = (pivot_record or {}).get("checkpoint_fingerprint")
         if job.pivot in todo and stored_fp and stored_fp != fp:
-            _refuse_replacing_pivot(job, checkpoint, lake, stored_fp, languages, max_length)
+            refuse_replacing_pivot(job, checkpoint, lake, stored_fp, languages, max_length)
     # The other languages need the pivot's states: an actor reads them from the lake when they were stored, and
     # computes them (without writing them again) when they were not.
     return CheckpointPlan(

@@ -12,7 +12,7 @@ from neuronxa_ray.model.resolve import ResolvedModel
 log = logging.getLogger(__name__)
 
 
-def _tables(record: dict | None) -> set[str]:
+def tables_of(record: dict | None) -> set[str]:
     return {f.get("table") for f in (record or {}).get("files", [])}
 
 
