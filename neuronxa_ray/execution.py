@@ -953,7 +953,7 @@ def _pool_shape(ray, job: JobConfig) -> tuple[int, dict[str, float], int]:
 
 def _tokenize_all(plans: list[CheckpointPlan], first_tokenizer: Future | None) -> dict[tuple[int, str], list]:
     """Token ids of every unit, in the driver (CPU work off the accelerators); one tokenizer per distinct source."""
-    from neuronxa_ray.model.load import load_tokenizer
+    from neuronxa_ray.model.load import load_tokenizer, tokenize
 
     tokenizers: dict[str, Any] = {}
     by_text: dict[tuple[str, str, int | None], list] = {}
@@ -968,27 +968,11 @@ def _tokenize_all(plans: list[CheckpointPlan], first_tokenizer: Future | None) -
         for lang in dict.fromkeys([plan.pivot, *plan.todo]):  # the pivot's ids too: an actor may compute it
             cache_key = (key, lang, plan.max_length)
             if cache_key not in by_text:
-                by_text[cache_key] = _tokenize(tokenizers[key], plan, lang)
+                by_text[cache_key] = tokenize(
+                    tokenizers[key], plan.corpus.sentences[lang], plan.max_length, f"{plan.label} {lang}"
+                )
             out[(i, lang)] = by_text[cache_key]
     return out
-
-
-def _tokenize(tokenizer, plan: CheckpointPlan, lang: str) -> list[list[int]]:
-    """Token ids with the tokenizer's default special tokens (as MEXA), cut at max_length with a warning."""
-    ids = tokenizer(plan.corpus.sentences[lang], add_special_tokens=True)["input_ids"]
-    if plan.max_length is None:
-        return ids
-    cut = sum(1 for x in ids if len(x) > plan.max_length)
-    if cut:
-        log.warning(
-            "%s %s: %d of %d sentences cut at max_length %d tokens",
-            plan.label,
-            lang,
-            cut,
-            len(ids),
-            plan.max_length,
-        )
-    return [x[: plan.max_length] for x in ids]
 
 
 def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunReport:

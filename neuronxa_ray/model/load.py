@@ -5,6 +5,7 @@ the module per block whose output (or input) is the FFN activation; the one way 
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,8 @@ from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.model.gguf import materialize_gguf, quiet_progress
 from neuronxa_ray.model.resolve import resolve_source
 from neuronxa_ray.model.spec import HOOK_SITES, FFNSite, ModelSpec, ffn_site_for
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,10 +123,16 @@ def load_tokenizer(spec: ModelSpec):
     return tokenizer
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int | None = None) -> list[list[int]]:
-    """Token ids per sentence with the tokenizer's default special tokens (as MEXA), truncated if asked."""
-    enc = tokenizer(texts, add_special_tokens=True, truncation=max_length is not None, max_length=max_length)
-    return enc["input_ids"]
+def tokenize(tokenizer, texts: list[str], max_length: int | None = None, what: str = "") -> list[list[int]]:
+    """Token ids per sentence with the tokenizer's default special tokens (as MEXA), each cut to its first
+    max_length tokens (a warning says how many were cut, naming `what`). The one way text becomes ids."""
+    ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    if max_length is None:
+        return ids
+    cut = sum(1 for x in ids if len(x) > max_length)
+    if cut:
+        log.warning("%s: %d of %d sentences cut at max_length %d tokens", what or "tokenize", cut, len(ids), max_length)
+    return [x[:max_length] for x in ids]
 
 
 def load_model(spec: ModelSpec, with_tokenizer: bool = True, host_only: bool = False) -> LoadedModel:

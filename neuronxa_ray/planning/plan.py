@@ -20,7 +20,7 @@ from neuronxa_ray.model.resolve import ResolvedModel, check_architecture, resolv
 from neuronxa_ray.model.spec import ModelSpec
 from neuronxa_ray.planning.fingerprints import checkpoint_fingerprint, language_fingerprint
 from neuronxa_ray.planning.pivot import refuse_replacing_pivot
-from neuronxa_ray.planning.tables import tables_of, required_tables, resolve_store_states
+from neuronxa_ray.planning.tables import required_tables, resolve_store_states, tables_of
 
 log = logging.getLogger(__name__)
 
