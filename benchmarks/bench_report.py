@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neuronxa_ray.compute.matching import match_stats
 from neuronxa_ray.lake import SCHEMAS, Lake, matches_table, neuron_counts_table
-from neuronxa_ray.scoring import match_stats
 
 METHODS = ("nas", "nav", "hidden", "hidden_last")
 

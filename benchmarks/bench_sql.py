@@ -32,9 +32,9 @@ import pyarrow as pa
 import torch
 
 from benchmarks.common import report, save
+from neuronxa_ray.compute.matching import cosine_matrices, match_stats
 from neuronxa_ray.lake import Lake, matches_table, similarity_table
 from neuronxa_ray.query import connect
-from neuronxa_ray.scoring import cosine_matrices, match_stats
 
 LAYERS = {"nas": 32, "nav": 32, "hidden": 33, "hidden_last": 33}  # 130 method-layers
 MODEL, CKPT, PIVOT = "synthetic-7b", "main", "eng"

@@ -16,10 +16,10 @@ import torch
 from lake_helpers import mark_complete
 
 from neuronxa_ray.cli import main
+from neuronxa_ray.compute.matching import match_stats
 from neuronxa_ray.downstream.results import choose_metric, parse_task, read_lm_eval
 from neuronxa_ray.lake import SCHEMAS, Lake, matches_table, similarity_table
 from neuronxa_ray.query import connect
-from neuronxa_ray.scoring import match_stats
 
 
 def _group(task: str) -> str:

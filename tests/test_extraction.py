@@ -6,8 +6,9 @@ import torch
 from reference import cosine_matrix, reference_states
 from tiny_models import CONFIGS, TEXTS, make_model
 
-from neuronxa_ray.compute.extraction import METHODS, StateExtractor, position_weights
-from neuronxa_ray.scoring import cosine_matrices
+from neuronxa_ray.compute.extraction import StateExtractor, position_weights
+from neuronxa_ray.compute.matching import cosine_matrices
+from neuronxa_ray.methods import METHODS
 
 ARCHS = sorted(CONFIGS)
 

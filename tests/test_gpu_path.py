@@ -14,8 +14,9 @@ import torch
 from reference import reference_states
 from tiny_models import TEXTS, make_model, save_tiny
 
-from neuronxa_ray.compute.extraction import METHODS, StateExtractor, plan_batches
+from neuronxa_ray.compute.extraction import StateExtractor, plan_batches
 from neuronxa_ray.compute.reduction import ffn_sums
+from neuronxa_ray.methods import METHODS
 
 
 def _activation(dtype, batch=3, seq=9, d_ff=40, seed=0):

@@ -58,8 +58,8 @@ def write_language(lake, lang, rng, pivot="eng", ckpt_fp="base", model="m", ckpt
         )
         import torch
 
+        from neuronxa_ray.compute.matching import match_stats
         from neuronxa_ray.lake import matches_table
-        from neuronxa_ray.scoring import match_stats
 
         stats = {m: match_stats(torch.from_numpy(c)).numpy() for m, c in mats.items()}  # as the worker does
         files.append(
@@ -330,8 +330,8 @@ def test_slug_is_path_safe_and_keeps_values_apart():
 def test_matches_round_trip_with_nulls(tmp_path):
     import torch
 
+    from neuronxa_ray.compute.matching import match_stats
     from neuronxa_ray.lake import matches_table
-    from neuronxa_ray.scoring import match_stats
 
     rng = np.random.default_rng(2)
     C = rng.uniform(-1, 1, size=(2, 4, 4))

@@ -328,8 +328,8 @@ def test_compaction_of_a_checkpoint_with_two_pivots_keeps_shared_files_once(tmp_
     import torch
 
     from neuronxa_ray.compaction import compact
+    from neuronxa_ray.compute.matching import match_stats
     from neuronxa_ray.lake import WrittenFile, matches_table
-    from neuronxa_ray.scoring import match_stats
 
     lake = _lake(tmp_path, ("eng", "fra", "deu", "swh"))
     rng = np.random.default_rng(7)

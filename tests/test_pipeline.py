@@ -5,10 +5,11 @@ import itertools
 import numpy as np
 import pytest
 from reference import cosine_matrix, mutual_nn_score, reference_states, retrieval_accuracy
+from run_helpers import run_job
 from tiny_models import TEXTS, save_tiny
 
 from neuronxa_ray.config import job_from_dict
-from neuronxa_ray.execution import RunOptions, run_job, run_jobs
+from neuronxa_ray.execution import RunOptions, run_jobs
 from neuronxa_ray.lake import Lake
 from neuronxa_ray.model.load import load_model
 from neuronxa_ray.model.spec import ModelSpec

@@ -27,8 +27,8 @@ from lake_helpers import mark_complete
 from reference import mutual_nn_score, retrieval_accuracy
 
 from neuronxa_ray.cli import main
+from neuronxa_ray.compute.matching import match_stats
 from neuronxa_ray.lake import SCHEMAS, Lake, matches_table, neuron_counts_table, similarity_table
-from neuronxa_ray.scoring import match_stats
 
 pytest.importorskip("altair", reason="the report extra is not installed: pip install 'neuronxa_ray[report]'")
 pytest.importorskip("vl_convert", reason="the report extra is not installed: pip install 'neuronxa_ray[report]'")

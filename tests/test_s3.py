@@ -10,11 +10,11 @@ import uuid
 import numpy as np
 import pyarrow.fs as pafs
 import pytest
+from run_helpers import run_job
 from tiny_models import TEXTS, save_tiny
 
 from neuronxa_ray.cli import main, print_scores
 from neuronxa_ray.config import job_from_dict
-from neuronxa_ray.execution import run_job
 from neuronxa_ray.lake import Lake
 from neuronxa_ray.query import connect
 
@@ -217,6 +217,7 @@ def test_lake_lost_mid_run_fails_the_units_then_a_rerun_completes(ray_session, t
     from conftest import start_seaweedfs, stop_seaweedfs
 
     import neuronxa_ray.execution as execution
+    import neuronxa_ray.execution.lakes as lakes
 
     root = tmp_path / "weed"
     root.mkdir()
@@ -231,7 +232,7 @@ def test_lake_lost_mid_run_fails_the_units_then_a_rerun_completes(ray_session, t
         pid_file.write_text(str(server["proc"].pid))
         planted = functools.partial(execution.RunOptions, worker_factory=_storage_killer(str(pid_file), "fra"))
         monkeypatch.setattr(execution, "RunOptions", planted)
-        monkeypatch.setattr(execution, "LAKE_OUTAGE_S", 10.0)  # the default (60 s), shorter for the test
+        monkeypatch.setattr(lakes, "LAKE_OUTAGE_S", 10.0)  # the default (60 s), shorter for the test
         code = main(["run", str(job), "--no-progress"])
         err = capsys.readouterr().err
         assert pid_file.with_suffix(".killed").exists(), err[-3000:]

@@ -8,9 +8,10 @@ import torch
 from reference import column_hits, cosine_matrix, mutual_nn_score, retrieval_accuracy, row_hits
 from tiny_models import TEXTS, save_tiny
 
+from neuronxa_ray.compute.matching import match_stats
+from neuronxa_ray.execution.pairs import compute_pairs
 from neuronxa_ray.lake import Lake, states_table
 from neuronxa_ray.query import connect
-from neuronxa_ray.scoring import compute_pairs, match_stats
 
 
 def ranks_reference(C) -> tuple[list, list]:
@@ -146,8 +147,8 @@ def test_pivot_row_of_the_pair_matrix_equals_the_workers_scores_exactly(tmp_path
     """The worker's single-pivot matches (computed during extraction) and the pair computation (from stored
     states) agree bit for bit: same float32 states, same float64 matmul. The other pivots' pairs join them in
     alignment_matrix, and go stale when a source language is recomputed with other settings."""
+    from neuronxa_ray.compute.matching import matches_of
     from neuronxa_ray.model.spec import ModelSpec
-    from neuronxa_ray.scoring import matches_of
     from neuronxa_ray.worker.worker import LanguageTask, LanguageWorker, WorkerSettings
 
     save_tiny("llama", tmp_path / "model", seed=5)

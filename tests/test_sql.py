@@ -10,9 +10,9 @@ import scipy.stats
 import torch
 from reference import average_ranks, cosine_matrix, mutual_nn_score, retrieval_accuracy
 
+from neuronxa_ray.compute.matching import cosine_matrices, match_stats
 from neuronxa_ray.lake import Lake, WrittenFile, matches_table, neuron_counts_table, similarity_table, states_table
 from neuronxa_ray.query import connect
-from neuronxa_ray.scoring import cosine_matrices, match_stats
 
 MODEL, CKPT = "org/tiny-model", "main"
 LANGS = ["deu", "eng", "fra"]

@@ -23,9 +23,9 @@ from lake_helpers import mark_complete
 from tiny_models import TEXTS, save_tiny
 
 from neuronxa_ray.cli import main, print_scores
+from neuronxa_ray.compute.matching import match_stats
 from neuronxa_ray.lake import Lake, matches_table
 from neuronxa_ray.query import connect
-from neuronxa_ray.scoring import match_stats
 
 REPO = Path(__file__).resolve().parent.parent
 LANGS = ["cmn", "deu", "fra", "swh"]  # stored codes; benchmarks below use lm-eval's zh, de, fr, sw

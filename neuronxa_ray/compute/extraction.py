@@ -23,8 +23,6 @@ from neuronxa_ray.model.load import LoadedModel, tokenize
 
 log = logging.getLogger(__name__)
 
-METHODS = ("nas", "nav", "hidden", "hidden_last")
-
 
 @dataclass
 class LanguageStates:

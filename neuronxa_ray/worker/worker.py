@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from neuronxa_ray.compute.extraction import METHODS, StateExtractor
+from neuronxa_ray.compute.extraction import StateExtractor
+from neuronxa_ray.compute.matching import cosine_matrices, match_stats
 from neuronxa_ray.lake import Lake, matches_table, neuron_counts_table, similarity_table, states_table
+from neuronxa_ray.methods import METHODS
 from neuronxa_ray.model.load import LoadedModel, load_model, move_to_device
 from neuronxa_ray.model.spec import ModelSpec
-from neuronxa_ray.scoring import cosine_matrices, match_stats
 
 log = logging.getLogger(__name__)
 

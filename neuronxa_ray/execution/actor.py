@@ -1,0 +1,97 @@
+"""The Ray actor: one loaded checkpoint at a time (plus, at most, the next one prefetched into host memory),
+wrapping the Ray-free LanguageWorker; it returns each language's small result and, for a pivot shared with other
+actors, its states as a second object.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from neuronxa_ray.execution.state import first_line
+from neuronxa_ray.worker.worker import LanguageTask, LanguageWorker, WorkerSettings, WriteOutcome
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 2  # per actor: one running, one queued, so an actor never waits for the driver
+
+
+class Actor:
+    """One loaded checkpoint at a time (plus, at most, the next one prefetched into host memory)."""
+
+    def __init__(self, threads: int, factory: Any = None) -> None:
+        import torch
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its bars would interleave with the driver's through Ray's log stream
+        hf_logging.set_verbosity_error()
+        torch.set_num_threads(max(1, threads))
+        self.factory = factory or LanguageWorker
+        self.worker = None
+        self.key: int | None = None
+        self.prefetched: dict[int, Future] = {}
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self.loads = 0
+        self.outbox: list[WriteOutcome] = []  # finished writes not yet reported (survives a call that raises)
+        self._write_base = 0.0  # the worker's write seconds already reported
+
+    def _take(self) -> list[WriteOutcome]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def ready(self) -> dict:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        return {"node": f"{socket.gethostname()}/{node[:8]}", "pid": os.getpid()}
+
+    def warm(self, key: int, spec, settings: WorkerSettings) -> list[WriteOutcome]:
+        """Load the checkpoint `key` (if it is not the loaded one); return the writes confirmed so far."""
+        if key == self.key:
+            return self._take()
+        if self.worker is not None:
+            self.outbox += self.worker.collect()
+            self.worker.close()
+        self.worker, self.key, self._write_base = None, None, 0.0
+        future = self.prefetched.pop(key, None)
+        self.prefetched.clear()  # a prefetch of another checkpoint is stale now
+        prefetched = None
+        if future is not None:
+            try:
+                prefetched = future.result()
+            except Exception:  # loading again below raises the error where the unit sees it
+                prefetched = None
+        self.worker = self.factory(spec, settings, with_tokenizer=False, prefetched=prefetched)
+        self.key = key
+        self.loads += 1
+        return self._take()
+
+    def process(
+        self, key: int, spec, settings, task: LanguageTask, pivot_refs: list, prefetch: tuple | None, share: bool
+    ):
+        import ray
+
+        confirmed = self.warm(key, spec, settings)
+        if prefetch is not None:
+            self._prefetch(*prefetch)
+        pivot = None
+        if pivot_refs and not self.worker.has_pivot(task):  # the pivot's own actor keeps them on its device
+            try:
+                pivot = ray.get(pivot_refs[0])
+            except ray.exceptions.RayError as e:  # lost with its node: the worker reads or computes them
+                log.warning("%s: the pivot's shared states are gone (%s)", task.lang, first_line(e))
+        result, states = self.worker.process(task, pivot, share_pivot=share)
+        result.confirmed = confirmed + self._take() + result.confirmed
+        result.write_s, self._write_base = self.worker.write_s - self._write_base, self.worker.write_s
+        return result, states
+
+    def _prefetch(self, key: int, spec, settings) -> None:
+        if key == self.key or self.prefetched or not hasattr(self.factory, "prefetch"):
+            return
+        self.prefetched[key] = self._loader.submit(self.factory.prefetch, spec, settings)
+
+    def flush(self) -> list[WriteOutcome]:
+        return self._take() + (self.worker.collect() if self.worker is not None else [])

@@ -1,0 +1,56 @@
+"""This run's claim on the checkpoints it writes: a lease per (model, checkpoint), taken before any work (a
+concurrent run with other settings is refused), renewed every LEASE_RENEW_S, released at the end; what killed
+runs left in a checkpoint is tidied once its lease is held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from neuronxa_ray.execution.lakes import LakeWatch
+from neuronxa_ray.lake import Lake
+from neuronxa_ray.planning.plan import CheckpointPlan
+
+log = logging.getLogger(__name__)
+
+LEASE_RENEW_S = 60.0  # heartbeat of this run's checkpoint leases (they go stale after 15 minutes without one)
+
+
+class RunLeases:
+    def __init__(self, plans: list[CheckpointPlan], lakes: dict[int, Lake], run_id: str, watch: LakeWatch) -> None:
+        self.plans, self.lakes, self.run_id, self.watch = plans, lakes, run_id, watch
+        self.held: list = []
+        self._last_renew = time.monotonic()
+
+    def acquire(self) -> None:
+        """Claim every checkpoint this run writes; raises (releasing what it took) if another run with other
+        settings is writing one of them."""
+        for pi, plan in enumerate(self.plans):
+            try:
+                self.held.append(self.lakes[pi].acquire(*plan.key, plan.fingerprint, self.run_id))
+                self.lakes[pi].tidy(*plan.key, self.run_id)  # what killed runs left behind in this checkpoint
+            except Exception:
+                self.release()
+                raise
+
+    def renew_due(self) -> None:
+        if time.monotonic() - self._last_renew <= LEASE_RENEW_S:
+            return
+        self._last_renew = time.monotonic()
+        for lease in self.held:
+            if lease.lake.uri in self.watch.outages:
+                continue
+            try:
+                lease.renew()
+            except Exception as e:  # a lease stays valid for 15 minutes: the next heartbeat may get through
+                log.warning("could not renew the lease %s: %s", lease.path, str(e).splitlines()[0])
+
+    def release(self) -> None:
+        for lease in self.held:
+            if lease.lake.uri in self.watch.outages:  # not waiting for a lake that does not answer: it goes stale
+                continue
+            with contextlib.suppress(Exception):  # a lease left behind goes stale and is taken over
+                lease.release()
+        self.held = []

@@ -1,0 +1,103 @@
+"""The actor pool: creates the actors, waits (up to a time limit) for them to be placed, names what was asked and
+what the cluster has when they cannot be, and replaces dead ones while the cluster has room.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+from neuronxa_ray.errors import NeuronxaError
+from neuronxa_ray.execution.actor import Actor
+from neuronxa_ray.execution.state import Slot
+
+log = logging.getLogger(__name__)
+
+
+class ActorPool:
+    """Creates the actors, waits (up to a time limit) for them to be placed, and replaces dead ones."""
+
+    def __init__(self, ray, size: int, options: dict, threads: int, factory: Any, timeout_s: float) -> None:
+        self.ray = ray
+        self.options = options
+        self.threads = threads
+        self.factory = factory
+        self.timeout_s = timeout_s
+        self.size = size
+        self.slots: list[Slot] = []
+        self.placing: dict[Any, tuple[Slot, float]] = {}  # ready ref -> (slot, deadline)
+        self._cls = ray.remote(**options)(Actor)
+
+    def _new(self) -> tuple[Slot, Any]:
+        slot = Slot(id=len(self.slots), handle=self._cls.remote(self.threads, self.factory))
+        self.slots.append(slot)
+        return slot, slot.handle.ready.remote()
+
+    def launch(self) -> None:
+        """Ask for the actors without waiting: calls queued on them run once each is placed and started."""
+        self._starting = {}
+        for _ in range(self.size):
+            slot, ref = self._new()
+            self._starting[ref] = slot
+
+    def wait_placed(self) -> None:
+        """Wait up to the time limit for every actor; an error naming what was asked and what the cluster has."""
+        refs = self._starting
+        ready, waiting = self.ray.wait(list(refs), num_returns=len(refs), timeout=self.timeout_s)
+        if waiting:
+            self.shutdown()
+            raise NeuronxaError(self.describe_shortfall(len(ready)))
+        for ref in ready:
+            refs[ref].node = self.ray.get(ref)["node"]
+
+    def replace(self, dead: Slot) -> None:
+        slot, ref = self._new()
+        self.placing[ref] = (slot, time.monotonic() + self.timeout_s)
+        log.warning("actor %d lost (node %s); starting a replacement", dead.id, dead.node or "?")
+
+    def placed(self, ref) -> Slot | None:
+        slot, _ = self.placing.pop(ref)
+        try:
+            slot.node = self.ray.get(ref)["node"]
+            return slot
+        except Exception as e:
+            log.warning("a replacement actor could not start: %s", str(e).splitlines()[0])
+            slot.alive = False
+            return None
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for ref, (slot, deadline) in list(self.placing.items()):
+            if now > deadline:
+                del self.placing[ref]
+                slot.alive = False
+                self.ray.kill(slot.handle)
+                log.warning(
+                    "no room for a replacement actor within %.0fs; going on with %d actor(s)",
+                    self.timeout_s,
+                    len(self.alive()),
+                )
+
+    def alive(self) -> list[Slot]:
+        return [s for s in self.slots if s.alive and s.node]
+
+    def describe_shortfall(self, placed: int) -> str:
+        asked = {k: v for k, v in (("CPU", self.options.get("num_cpus")), ("GPU", self.options.get("num_gpus"))) if v}
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        shown, fit = [], 0
+        for n in nodes:
+            res = n.get("Resources", {})
+            shown.append(f"{n.get('NodeManagerAddress', '?')} (CPU {res.get('CPU', 0):g}, GPU {res.get('GPU', 0):g})")
+            fit += int(min(res.get(k, 0) // v for k, v in asked.items())) if asked else 0
+        return (
+            f"could not place {self.size} actor(s) of {asked} within {self.timeout_s:g}s ({placed} placed): "
+            f"the cluster has {len(nodes)} node(s): {'; '.join(shown)}; at most {fit} such actor(s) fit. "
+            "Set num_actors (or --num-actors) lower, gpus_per_actor, or placement_timeout_s for nodes still starting"
+        )
+
+    def shutdown(self) -> None:
+        for slot in self.slots:
+            with contextlib.suppress(Exception):  # already gone
+                self.ray.kill(slot.handle)
