@@ -28,7 +28,15 @@ actor and pool (the Ray actors) -> dispatch (a pick becomes a Ray call) -> lakes
 states) and watch (run each checkpoint as it appears) sit beside the driver. Imports only point down that list.
 """
 
-from neuronxa_ray.execution.driver import run_jobs
 from neuronxa_ray.execution.state import FailedUnit, RunOptions, RunReport
 
 __all__ = ["FailedUnit", "RunOptions", "RunReport", "run_jobs"]
+
+
+def __getattr__(name: str):
+    """run_jobs on first use: importing the policy or the state alone loads neither torch nor the driver."""
+    if name == "run_jobs":
+        from neuronxa_ray.execution.driver import run_jobs
+
+        return run_jobs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
