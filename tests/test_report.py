@@ -245,7 +245,7 @@ def test_correlation_shows_the_views_p_values(synthetic, tmp_path):
     bench = tmp_path / "b.csv"
     bench.write_text("benchmark,lang,value\nxnli,deu,0.61\nxnli,fra,0.70\n")
     assert main(["import-benchmarks", str(bench), "--lake", str(lake)]) == 0
-    from neuronxa_ray.report import _fmt
+    from neuronxa_ray.report import fmt
     from neuronxa_ray.sql import connect
 
     stats = connect(lake).execute("SELECT pearson_p, spearman_p FROM correlation WHERE method = 'nas'").fetchall()
@@ -253,7 +253,7 @@ def test_correlation_shows_the_views_p_values(synthetic, tmp_path):
     page = render_html(build_report(lake))
     shown = page.replace("\\u2013", "\u2013")  # the labels sit in the page's JSON, where a dash is escaped
     for pearson_p, spearman_p in stats:
-        assert f"p={_fmt(pearson_p, 3)}" in shown and f"p={_fmt(spearman_p, 3)}" in shown
+        assert f"p={fmt(pearson_p, 3)}" in shown and f"p={fmt(spearman_p, 3)}" in shown
     assert "spearman_p" in page
 
 
