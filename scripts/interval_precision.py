@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from neuronxa_ray.intervals import sentence_interval
-from neuronxa_ray.sql import connect
 
-from neuronxa_ray.report import METHOD_LABELS, METHOD_ORDER
+from neuronxa_ray.methods import METHOD_LABELS, METHODS
+from neuronxa_ray.query import connect
+from neuronxa_ray.query.intervals import sentence_interval
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
                   max(score_ci_high - score_ci_low), count(*), max(n_sentences)
            FROM alignment_interval GROUP BY method"""
     ).fetchall()
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    order = {m: i for i, m in enumerate(METHODS)}
     print("Widths in the lake (95% interval, 1,000 resamples, seed 0), mean over languages [min, max]:")
     for method, score, width, lo, hi, n_langs, n in sorted(rows, key=lambda r: order.get(r[0], 9)):
         print(

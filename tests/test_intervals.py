@@ -1,4 +1,4 @@
-"""Bootstrap intervals over sentences (sql/25_intervals.sql, neuronxa_ray/intervals.py) against an independent numpy
+"""Bootstrap intervals over sentences (sql/25_intervals.sql, query/intervals.py) against an independent numpy
 implementation (gathering the drawn sentences, not a matrix product), their coverage on simulated hits, paired
 differences between checkpoints, and the training curve's intervals and significant steps."""
 

@@ -246,14 +246,14 @@ def test_correlation_shows_the_views_p_values(synthetic, tmp_path):
     bench.write_text("benchmark,lang,value\nxnli,deu,0.61\nxnli,fra,0.70\n")
     assert main(["import-benchmarks", str(bench), "--lake", str(lake)]) == 0
     from neuronxa_ray.query import connect
-    from neuronxa_ray.report import _fmt
+    from neuronxa_ray.report import fmt
 
     stats = connect(lake).execute("SELECT pearson_p, spearman_p FROM correlation WHERE method = 'nas'").fetchall()
     assert stats and all(row[0] is not None for row in stats)  # Spearman's p needs n > 2: shown as a dash
     page = render_html(build_report(lake))
     shown = page.replace("\\u2013", "\u2013")  # the labels sit in the page's JSON, where a dash is escaped
     for pearson_p, spearman_p in stats:
-        assert f"p={_fmt(pearson_p, 3)}" in shown and f"p={_fmt(spearman_p, 3)}" in shown
+        assert f"p={fmt(pearson_p, 3)}" in shown and f"p={fmt(spearman_p, 3)}" in shown
     assert "spearman_p" in page
 
 
