@@ -17,7 +17,7 @@ from neuronxa_ray.errors import NeuronxaError
 
 log = logging.getLogger(__name__)
 
-BUNDLED_UDHR = Path(__file__).resolve().parent / "data" / "udhr"
+BUNDLED_UDHR = Path(__file__).resolve().parent.parent / "data" / "udhr"  # the package data neuronxa_ray.data.udhr
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch
 from neuronxa_ray.compute.matching import match_stats, normalize_states
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake import Lake, WrittenFile, matches_table
+from neuronxa_ray.worker.writer import commit_unit
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +97,19 @@ def compute_pairs(
                         raise NeuronxaError(f"parallel sentences needed: {p!r} and {lang!r} differ in length")
                     stats[method] = match_stats(torch.bmm(P, unit[lang][method].transpose(1, 2))).numpy()
                 table = matches_table(model, checkpoint, p, lang, stats)
-                written = lake.write("matches", table, lake.language_file("matches", model, checkpoint, lang, p))
                 if p == base:  # the language's own marker gains its matches file
                     record = sources[lang]
-                    files = [WrittenFile.from_record(f) for f in record["files"]]
-                    files = [f for f in files if f.path != written.path] + [written]
+                    keep = [WrittenFile.from_record(f) for f in record["files"]]
                     info = {k: v for k, v in record.items() if k not in ("fingerprint", "files")}
-                    lake.mark_done(model, checkpoint, p, lang, record["fingerprint"], info, files)
+                    fp = record["fingerprint"]
                 else:
+                    keep, fp = [], pair_fingerprint(p, lang)
                     info = {
                         "checkpoint_fingerprint": fingerprint,
                         "n_sentences": len(table["sentence"]) // max(1, len(stats)),
                         "sources": [lake.done_marker(model, checkpoint, base, x) for x in (p, lang)],
                     }
-                    lake.mark_done(model, checkpoint, p, lang, pair_fingerprint(p, lang), info, [written])
+                commit_unit(lake, model, checkpoint, p, lang, [("matches", table, None)], fp, info, keep)
                 rows += len(table["sentence"])
             log.info("pivot %s: matches for %d languages", p, len(langs))
     return rows

@@ -1,6 +1,6 @@
 """One model, many languages: extract states, compare with the pivot on the device, write the lake.
 
-LanguageWorker knows nothing of Ray or scheduling; execution.py wraps it in an actor. The same worker runs in a
+LanguageWorker knows nothing of Ray or scheduling; execution.actor wraps it in an actor. The same worker runs in a
 unit test. What leaves the device is only what is kept: per-sentence matches (O(n x layers)) and per-neuron
 counters (O(layers x d_ff)) always, the states themselves only when they are stored (or shared as the pivot's),
 through pinned buffers on a side stream on CUDA. A language's Parquet files are written in background threads
@@ -32,6 +32,8 @@ from neuronxa_ray.lake import Lake, matches_table, neuron_counts_table, similari
 from neuronxa_ray.methods import METHODS
 from neuronxa_ray.model.load import LoadedModel, load_model, move_to_device
 from neuronxa_ray.model.spec import ModelSpec
+from neuronxa_ray.worker.host import HostCopy
+from neuronxa_ray.worker.writer import commit_unit
 
 log = logging.getLogger(__name__)
 
@@ -112,35 +114,6 @@ def batch_tokens_for(setting: int | str | None, device: torch.device) -> int | N
 
 
 DEFAULT_CUDA_BATCH_TOKENS = 16384
-
-
-class HostCopy:
-    """Tensors on their way to host memory: on CUDA, pinned buffers filled on a side stream (overlapping the next
-    language's forward passes); `arrays()` waits for the copy. On a CPU, the tensors themselves."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-        self._event = None
-        if not tensors or next(iter(tensors.values())).device.type != "cuda":
-            self._host = {k: t.detach() for k, t in tensors.items()}
-            return
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self._host = {}
-            for k, t in tensors.items():
-                self._host[k] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                self._host[k].copy_(t, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record(stream)
-        self._sources = tensors  # alive until the copy is done
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        event = self._event  # read once: the writer thread and the caller may both ask
-        if event is not None:
-            event.synchronize()
-            self._sources = None
-        return {k: t.numpy() for k, t in self._host.items()}
 
 
 class LanguageWorker:
@@ -321,25 +294,21 @@ class LanguageWorker:
         return time.time()
 
     def _write_tables(self, task: LanguageTask, host: dict, counters: tuple, pairs: tuple[dict, dict]) -> None:
-        """All of a language's tables, then its done marker (last: a rerun redoes a language cut short)."""
-        lake, key = self.lake, (task.model_name, task.checkpoint)
+        """All of a language's tables, then its done marker (see commit_unit)."""
+        key = (task.model_name, task.checkpoint)
         n_active, abs_sum, n_tokens, token_counts = counters
         matches, matrices = pairs
-        written = []
+        tables = []
         if self.settings.store_states:
             # the pivot's states at full precision: a later run scores against exactly the pivot this one used
             dtype = "float32" if task.is_pivot else self.settings.state_dtype
-            table = states_table(*key, task.lang, task.sentence_ids, token_counts, host, dtype)
-            path = lake.language_file("sentence_states", *key, task.lang)
-            written.append(lake.write("sentence_states", table, path, state_dtype=dtype))
-        counts = neuron_counts_table(*key, task.lang, n_active, abs_sum, n_tokens)
-        written.append(lake.write("neuron_counts", counts, lake.language_file("neuron_counts", *key, task.lang)))
+            states = states_table(*key, task.lang, task.sentence_ids, token_counts, host, dtype)
+            tables.append(("sentence_states", states, dtype))
+        tables.append(("neuron_counts", neuron_counts_table(*key, task.lang, n_active, abs_sum, n_tokens), None))
         if matches:
-            found = matches_table(*key, task.pivot, task.lang, matches)
-            written.append(lake.write("matches", found, lake.language_file("matches", *key, task.lang, task.pivot)))
+            tables.append(("matches", matches_table(*key, task.pivot, task.lang, matches), None))
         if matrices:
-            sim = similarity_table(*key, task.pivot, task.lang, matrices)
-            written.append(lake.write("similarity", sim, lake.language_file("similarity", *key, task.lang, task.pivot)))
+            tables.append(("similarity", similarity_table(*key, task.pivot, task.lang, matrices), None))
         info = {
             "n_sentences": len(task.texts),
             "checkpoint_fingerprint": task.checkpoint_fingerprint,
@@ -347,4 +316,4 @@ class LanguageWorker:
             # dtype/device "auto" resolve where the actor runs: a language must match its pivot's precision
             "precision": f"{self.lm.device.type}/{str(self.lm.dtype).removeprefix('torch.')}",
         }
-        lake.mark_done(*key, task.pivot, task.lang, task.fingerprint, info, files=written)
+        commit_unit(self.lake, *key, task.pivot, task.lang, tables, task.fingerprint, info)
