@@ -11,20 +11,10 @@ import torch
 from neuronxa_ray.compute.matching import match_stats, normalize_states
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake import Lake, WrittenFile, matches_table
+from neuronxa_ray.planning.pivot import resolve_pivots
 from neuronxa_ray.worker.writer import commit_unit
 
 log = logging.getLogger(__name__)
-
-
-def _resolve_pivots(pivots: list[str] | str | None, languages: list[str]) -> list[str]:
-    if pivots is None or pivots == "all":
-        return list(languages)
-    if isinstance(pivots, str) or not all(isinstance(p, str) for p in pivots):
-        raise NeuronxaError(f"pivots = {pivots!r}: must be 'all' or a list of language codes")
-    unknown = sorted(set(pivots) - set(languages))
-    if unknown:
-        raise NeuronxaError(f"pivots {unknown} are not among the languages {sorted(languages)}")
-    return list(pivots)
 
 
 def compute_pairs(
@@ -46,7 +36,7 @@ def compute_pairs(
     Returns the rows written."""
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     base = base_pivot or languages[0]
-    pivot_langs = _resolve_pivots(pivots, languages)
+    pivot_langs = resolve_pivots(pivots, languages)
     sources = {lang: lake.completion(model, checkpoint, base, lang) for lang in languages}
     missing = [
         lang

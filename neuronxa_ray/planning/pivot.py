@@ -74,3 +74,16 @@ def refuse_replacing_pivot(
         f"{len(lost)} language(s) of lake {lake.uri} that this run does not compute ({shown}) out of every view; "
         "rerun with --force to replace them, or give this run another lake (--lake)"
     )
+
+
+def resolve_pivots(pivots: list[str] | str | None, languages: list[str], where: str = "") -> list[str]:
+    """The pivot languages of every (pivot, language) pair a job asks for: 'all' (or None) is every language; a
+    list must name languages of the job. The one check, made when planning and again when pairs are computed."""
+    if pivots is None or pivots == "all":
+        return list(languages)
+    if isinstance(pivots, str) or not all(isinstance(p, str) for p in pivots):
+        raise NeuronxaError(f"{where}pivots = {pivots!r}: must be 'all' or a list of language codes")
+    unknown = sorted(set(pivots) - set(languages))
+    if unknown:
+        raise NeuronxaError(f"{where}pivots {unknown} are not among the languages {sorted(languages)}")
+    return list(pivots)

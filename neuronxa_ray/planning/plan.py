@@ -19,7 +19,7 @@ from neuronxa_ray.lake import Lake
 from neuronxa_ray.model.resolve import ResolvedModel, check_architecture, resolve_model
 from neuronxa_ray.model.spec import ModelSpec
 from neuronxa_ray.planning.fingerprints import checkpoint_fingerprint, language_fingerprint
-from neuronxa_ray.planning.pivot import refuse_replacing_pivot
+from neuronxa_ray.planning.pivot import refuse_replacing_pivot, resolve_pivots
 from neuronxa_ray.planning.tables import required_tables, resolve_store_states, tables_of
 
 log = logging.getLogger(__name__)
@@ -121,11 +121,8 @@ def plan_jobs(
     for i, job in enumerate(jobs):
         corpus = (corpora or {}).get(i) or job.load_corpus()
         unknown = sorted(wanted - set(corpus.languages))
-        if isinstance(job.pivots, list) and set(job.pivots) - set(corpus.languages):
-            raise NeuronxaError(
-                f"{job.source}: pivots {sorted(set(job.pivots) - set(corpus.languages))} are not among the job's "
-                f"languages {corpus.languages}"
-            )
+        if job.pivots is not None:
+            resolve_pivots(job.pivots, corpus.languages, f"{job.source}: ")
         if unknown:
             raise NeuronxaError(f"--recompute {unknown}: not languages of {job.source} (it has {corpus.languages})")
         lake = Lake(job.lake)
