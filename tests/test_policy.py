@@ -19,7 +19,7 @@ def _submit(q: Queues, slot: Slot, pi: int) -> Unit:
     unit = q.pending[pi].popleft()
     q.started.add(pi)
     q.reserved.pop(pi, None)
-    slot.key = pi
+    slot.loaded = pi
     slot.inflight.append((object(), "unit", unit))
     return unit
 

@@ -31,7 +31,7 @@ class Actor:
         torch.set_num_threads(max(1, threads))
         self.factory = factory or LanguageWorker
         self.worker = None
-        self.key: int | None = None
+        self.loaded: int | None = None
         self.prefetched: dict[int, Future] = {}
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self.loads = 0
@@ -48,15 +48,15 @@ class Actor:
         node = ray.get_runtime_context().get_node_id()
         return {"node": f"{socket.gethostname()}/{node[:8]}", "pid": os.getpid()}
 
-    def warm(self, key: int, spec, settings: WorkerSettings) -> list[WriteOutcome]:
-        """Load the checkpoint `key` (if it is not the loaded one); return the writes confirmed so far."""
-        if key == self.key:
+    def warm(self, pi: int, spec, settings: WorkerSettings) -> list[WriteOutcome]:
+        """Load the checkpoint of plan `pi` (if it is not the loaded one); return the writes confirmed so far."""
+        if pi == self.loaded:
             return self._take()
         if self.worker is not None:
             self.outbox += self.worker.collect()
             self.worker.close()
-        self.worker, self.key, self._write_base = None, None, 0.0
-        future = self.prefetched.pop(key, None)
+        self.worker, self.loaded, self._write_base = None, None, 0.0
+        future = self.prefetched.pop(pi, None)
         self.prefetched.clear()  # a prefetch of another checkpoint is stale now
         prefetched = None
         if future is not None:
@@ -65,16 +65,16 @@ class Actor:
             except Exception:  # loading again below raises the error where the unit sees it
                 prefetched = None
         self.worker = self.factory(spec, settings, with_tokenizer=False, prefetched=prefetched)
-        self.key = key
+        self.loaded = pi
         self.loads += 1
         return self._take()
 
     def process(
-        self, key: int, spec, settings, task: LanguageTask, pivot_refs: list, prefetch: tuple | None, share: bool
+        self, pi: int, spec, settings, task: LanguageTask, pivot_refs: list, prefetch: tuple | None, share: bool
     ):
         import ray
 
-        confirmed = self.warm(key, spec, settings)
+        confirmed = self.warm(pi, spec, settings)
         if prefetch is not None:
             self._prefetch(*prefetch)
         pivot = None
@@ -88,10 +88,10 @@ class Actor:
         result.write_s, self._write_base = self.worker.write_s - self._write_base, self.worker.write_s
         return result, states
 
-    def _prefetch(self, key: int, spec, settings) -> None:
-        if key == self.key or self.prefetched or not hasattr(self.factory, "prefetch"):
+    def _prefetch(self, pi: int, spec, settings) -> None:
+        if pi == self.loaded or self.prefetched or not hasattr(self.factory, "prefetch"):
             return
-        self.prefetched[key] = self._loader.submit(self.factory.prefetch, spec, settings)
+        self.prefetched[pi] = self._loader.submit(self.factory.prefetch, spec, settings)
 
     def flush(self) -> list[WriteOutcome]:
         return self._take() + (self.worker.collect() if self.worker is not None else [])

@@ -123,6 +123,6 @@ class Dispatcher:
 
     @staticmethod
     def switch(slot: Slot, pi: int) -> None:
-        if slot.key != pi:
-            slot.key = pi
+        if slot.loaded != pi:
+            slot.loaded = pi
             slot.loads += 1

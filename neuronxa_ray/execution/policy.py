@@ -30,25 +30,25 @@ def fresh(q: Queues, pi: int) -> bool:
 
 
 def serving(slots: list[Slot], pi: int) -> int:
-    return sum(1 for s in slots if s.key == pi)
+    return sum(1 for s in slots if s.loaded == pi)
 
 
 def pick(q: Queues, slot: Slot, alive: list[Slot]) -> tuple[str, int] | None:
     """('unit', plan) to submit the next unit of plan, ('warm', plan) to load it while its pivot runs, or None."""
-    if slot.key is not None and ready(q, slot.key):
-        return ("unit", slot.key)
-    if slot.key is not None and q.pending[slot.key] and slot.inflight:
+    if slot.loaded is not None and ready(q, slot.loaded):
+        return ("unit", slot.loaded)
+    if slot.loaded is not None and q.pending[slot.loaded] and slot.inflight:
         return None  # its checkpoint still has work (waiting for the pivot it computes): stay with it
     mine = [pi for pi in q.pending if fresh(q, pi) and q.reserved.get(pi, slot.id) == slot.id]
     mine.sort(key=lambda pi: q.reserved.get(pi) != slot.id)  # the one it prefetched first
     if mine:
         return ("unit", mine[0])
-    helpable = [pi for pi in q.pending if ready(q, pi) and pi != slot.key]
+    helpable = [pi for pi in q.pending if ready(q, pi) and pi != slot.loaded]
     if helpable:  # the checkpoint with the most work per actor already on it
         return ("unit", max(helpable, key=lambda pi: len(q.pending[pi]) / (1 + serving(alive, pi))))
     if slot.inflight:
         return None
-    waiting = [pi for pi in q.pending if q.pending[pi] and pi != slot.key and pi in q.started]
+    waiting = [pi for pi in q.pending if q.pending[pi] and pi != slot.loaded and pi in q.started]
     waiting = [pi for pi in waiting if len(q.pending[pi]) > serving(alive, pi) and pi not in q.held]
     if waiting:
         return ("warm", max(waiting, key=lambda pi: len(q.pending[pi])))

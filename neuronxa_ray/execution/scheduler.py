@@ -79,7 +79,7 @@ class Scheduler:
 
     def _debug_state(self) -> str:
         units = [(self.plans[u.plan].checkpoint.name, u.lang, u.status, u.attempts) for u in self.units]
-        slots = [(s.id, s.alive, s.node, s.key, len(s.inflight), len(s.unconfirmed)) for s in self.pool.slots]
+        slots = [(s.id, s.alive, s.node, s.loaded, len(s.inflight), len(s.unconfirmed)) for s in self.pool.slots]
         pending = {pi: [u.lang for u in q] for pi, q in self.q.pending.items() if q}
         return f"units={units} slots={slots} pending={pending} pivots={sorted(self.q.pivot_ready)}"
 
@@ -106,7 +106,7 @@ class Scheduler:
             elif kind == "unit":
                 self._unit_error(unit, first_line(e))
             elif kind == "warm":
-                slot.key = None  # the units will meet the error and fail with it
+                slot.loaded = None  # the units will meet the error and fail with it
             else:
                 self._actor_lost(slot, first_line(e))
             return

@@ -63,7 +63,7 @@ class Slot:
     id: int
     handle: Any
     node: str = ""
-    key: int | None = None  # the checkpoint it has (or will have, after its queued units) loaded
+    loaded: int | None = None  # the plan whose checkpoint it has (or will have, after its queued units) loaded
     inflight: list = field(default_factory=list)  # (ref, kind, unit): kind "unit" | "warm" | "flush"
     unconfirmed: list = field(default_factory=list)  # units computed whose writes are not confirmed yet
     alive: bool = True
