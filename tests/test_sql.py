@@ -2,6 +2,7 @@
 
 import datetime as dt
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -439,10 +440,21 @@ def test_every_view_is_unique_on_its_declared_grain(fixture, request):
         " ('xnli', 'deu', 2.0, NULL, NULL), ('xnli', 'deu', 3.0, 'other-model', NULL))"
         " AS t(benchmark, lang, value, model, checkpoint)"
     )
-    sql_text = "".join(text for _, text in __import__("neuronxa_ray.query.connect", fromlist=["x"]).sql_texts())
+    from neuronxa_ray.query import sql_texts
+
+    sql_text = "".join(text for _, text in sql_texts())
     for view, key in GRAINS.items():
         assert f"Grain: ({key})" in " ".join(sql_text.split()), view  # the header declares this grain
         total, distinct = con.execute(f"SELECT count(*), count(DISTINCT ({key})) FROM {view}").fetchone()
         assert total == distinct, view
         if view not in ("mutual_nn_from_states", "alignment_from_states") or fixture == "lake":
             assert total > 0, view
+
+
+def test_the_schema_file_says_what_describe_says(tmp_path):
+    """sql/SCHEMA.md (every view's columns and types, every table macro's parameters) is what DuckDB describes on a
+    connection to an empty lake: regenerate it with `python -m neuronxa_ray.query.schema > sql/SCHEMA.md`."""
+    from neuronxa_ray.query.schema import describe
+
+    want = describe(connect(str(tmp_path / "lake")))
+    assert (Path(__file__).resolve().parent.parent / "sql" / "SCHEMA.md").read_text(encoding="utf-8") == want
