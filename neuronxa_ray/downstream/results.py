@@ -425,51 +425,20 @@ def import_benchmarks(
     the input's stem, or, when a file of that name holds another import (rows this one does not cover), the stem
     plus a digest of this import's identities; an explicit `name` that holds another import needs `replace`."""
     src = Path(path)
-    if src.is_dir() or src.suffix == ".json":
-        table = lm_eval_table(read_lm_eval(src, metric), model, checkpoint)
-        where = [f"task {t}" for t in table.column("task").to_pylist()]
-    else:
-        if not src.is_file():
-            raise NeuronxaError(f"benchmark file {str(src)!r} does not exist")
-        if metric:
-            raise NeuronxaError(f"--metric applies to lm-evaluation-harness results, not to {str(src)!r}")
-        if FROM_RESULTS in (model, checkpoint):
-            raise NeuronxaError(f"{FROM_RESULTS} applies to lm-evaluation-harness results, not to {str(src)!r}")
-        table = read_table(src)
-        for column, value in (("model", model), ("checkpoint", checkpoint)):
-            if value is not None:
-                i = table.schema.get_field_index(column)
-                filled = [value if v is None else v for v in table.column(column).to_pylist()]
-                table = table.set_column(i, table.schema.field(i), pa.array(filled, pa.string()))
-        where = [_where(src, i) for i in range(table.num_rows)]
+    table, where = _read_input(src, metric, model, checkpoint)
     lake = Lake(lake_root)
     lake.check_writable()  # a missing bucket or bad credentials fail here, as `run` does
     table, where = check_rows(table, str(src), where, lake)
     new = {row_key(r): r for r in table.to_pylist()}
     stored = _stored(lake)
     notes: list[str] = []
-
-    base = name or src.stem
-    target = f"benchmarks/{slug(base)}.parquet"
-    if target in stored and not {row_key(r) for r in stored[target]} <= set(new):
-        if name is None:
-            renamed = f"benchmarks/{slug(f'{base}-{_digest(set(new))}')}.parquet"
-            notes.append(f"{target} holds another import ({_summary(stored[target])}): stored as {renamed}")
-            target = renamed
-        if target in stored and not {row_key(r) for r in stored[target]} <= set(new):
-            if not replace:
-                raise NeuronxaError(
-                    f"{lake.uri_of(target)} holds another import ({_summary(stored[target])}): choose another "
-                    "--name, or pass --replace to replace it"
-                )
-            notes.append(f"replaced {target} ({_summary(stored[target])})")
-
-    conflicts = []  # (key, stored file, old value, new value)
-    for rel, rows in stored.items():
-        for r in rows:
-            key = row_key(r)
-            if key in new and not _same(r["value"], new[key]["value"]):
-                conflicts.append((key, rel, r["value"], new[key]["value"]))
+    target = _target(lake, stored, new, name or src.stem, name is not None, replace, notes)
+    conflicts = [  # (key, stored file, old value, new value)
+        (row_key(r), rel, r["value"], new[row_key(r)]["value"])
+        for rel, rows in stored.items()
+        for r in rows
+        if row_key(r) in new and not _same(r["value"], new[row_key(r)]["value"])
+    ]
     if conflicts and not replace:
         key, rel, old, value = conflicts[0]
         i = list(new).index(key)
@@ -481,14 +450,58 @@ def import_benchmarks(
         )
     written = lake.write_benchmarks(target.removeprefix("benchmarks/").removesuffix(".parquet"), table)
     if conflicts:
-        shown = "; ".join(f"{describe(k)} {old:g} -> {value:g} ({rel})" for k, rel, old, value in conflicts[:3])
-        more = f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
-        notes.append(f"replaced {len(conflicts)} value(s): {shown}{more}")
-        gone = {(rel, k) for k, rel, _, _ in conflicts}
-        for rel in sorted({rel for _, rel, _, _ in conflicts} - {target}):
-            kept = [r for r in stored[rel] if (rel, row_key(r)) not in gone]
-            if kept:
-                lake.write("benchmarks", pa.Table.from_pylist(kept, schema=SCHEMAS["benchmarks"]), rel)
-            else:
-                lake.storage.delete(rel)
+        _replace_old(lake, stored, conflicts, target, notes)
     return Imported(table, lake.uri_of(written.path), notes)
+
+
+def _read_input(src: Path, metric: str | None, model: str | None, checkpoint: str | None) -> tuple[pa.Table, list]:
+    """The input's rows, and where each came from (an lm-eval task, a file's line)."""
+    if src.is_dir() or src.suffix == ".json":
+        table = lm_eval_table(read_lm_eval(src, metric), model, checkpoint)
+        return table, [f"task {t}" for t in table.column("task").to_pylist()]
+    if not src.is_file():
+        raise NeuronxaError(f"benchmark file {str(src)!r} does not exist")
+    if metric:
+        raise NeuronxaError(f"--metric applies to lm-evaluation-harness results, not to {str(src)!r}")
+    if FROM_RESULTS in (model, checkpoint):
+        raise NeuronxaError(f"{FROM_RESULTS} applies to lm-evaluation-harness results, not to {str(src)!r}")
+    table = read_table(src)
+    for column, value in (("model", model), ("checkpoint", checkpoint)):
+        if value is not None:
+            i = table.schema.get_field_index(column)
+            filled = [value if v is None else v for v in table.column(column).to_pylist()]
+            table = table.set_column(i, table.schema.field(i), pa.array(filled, pa.string()))
+    return table, [_where(src, i) for i in range(table.num_rows)]
+
+
+def _target(lake: Lake, stored: dict, new: dict, base: str, named: bool, replace: bool, notes: list[str]) -> str:
+    """The file this import is stored as: its name, unless that holds another import (then, unnamed, the name plus
+    a digest of this import's identities; named, only with replace)."""
+    target = f"benchmarks/{slug(base)}.parquet"
+    if target in stored and not {row_key(r) for r in stored[target]} <= set(new):
+        if not named:
+            renamed = f"benchmarks/{slug(f'{base}-{_digest(set(new))}')}.parquet"
+            notes.append(f"{target} holds another import ({_summary(stored[target])}): stored as {renamed}")
+            target = renamed
+        if target in stored and not {row_key(r) for r in stored[target]} <= set(new):
+            if not replace:
+                raise NeuronxaError(
+                    f"{lake.uri_of(target)} holds another import ({_summary(stored[target])}): choose another "
+                    "--name, or pass --replace to replace it"
+                )
+            notes.append(f"replaced {target} ({_summary(stored[target])})")
+    return target
+
+
+def _replace_old(lake: Lake, stored: dict, conflicts: list, target: str, notes: list[str]) -> None:
+    """The new values won: remove the old rows from their files (a file left empty is deleted), and say so."""
+    shown = "; ".join(f"{describe(k)} {old:g} -> {value:g} ({rel})" for k, rel, old, value in conflicts[:3])
+    more = f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
+    notes.append(f"replaced {len(conflicts)} value(s): {shown}{more}")
+    gone = {(rel, k) for k, rel, _, _ in conflicts}
+    for rel in sorted({rel for _, rel, _, _ in conflicts} - {target}):
+        kept = [r for r in stored[rel] if (rel, row_key(r)) not in gone]
+        if kept:
+            lake.write("benchmarks", pa.Table.from_pylist(kept, schema=SCHEMAS["benchmarks"]), rel)
+        else:
+            lake.storage.delete(rel)

@@ -191,48 +191,16 @@ class LanguageWorker:
             states = self.extractor.extract_ids(task.token_ids)
         else:
             states = self.extractor.extract(task.texts)
-        matrices: dict[str, torch.Tensor] = {}
-        found: dict[str, torch.Tensor] = {}
-        pivot_source = ""
-        if task.is_pivot:
-            self._pivots = {self._pivot_key(task): {m: states.state(m).float() for m in METHODS}}
-        else:
-            pivot_states, pivot_source = self._pivot_for(task, pivot)
-            for method in METHODS:
-                p = pivot_states[method]
-                if p.shape[0] != len(task.texts):
-                    raise ValueError(f"pivot has {p.shape[0]} sentences, {task.lang!r} has {len(task.texts)}")
-                C = cosine_matrices(p, states.state(method))
-                for name, value in match_stats(C).__dict__.items():
-                    found[f"{method}/{name}"] = value
-                if self.settings.store_similarity:
-                    matrices[method] = C
-        # Only what is kept leaves the device: matches and counters always, states when stored or shared.
-        nan_rows = torch.stack([states.state(m).isnan().any(-1).sum() for m in METHODS])
-        small = HostCopy(
-            {**found, **{f"sim/{m}": c for m, c in matrices.items()}, "n_active": states.n_active}
-            | {"abs_sum": states.abs_sum, "nan_rows": nan_rows}
-        )
-        keep = self.settings.store_states or (task.is_pivot and share_pivot)
-        big = HostCopy({m: states.state(m).float() for m in METHODS} if keep else {})
-        if self.lm.device.type == "cuda":  # the compute stream only: the states' copy overlaps what comes next
-            torch.cuda.current_stream().synchronize()
+        found, matrices, pivot_source = self._compare(task, states, pivot)
+        small, big = self._copies(task, states, found, matrices, share_pivot)
         host_small = small.arrays()  # O(n x layers + layers x d_ff): wait for it here
         nan_states = {m: int(k) for m, k in zip(METHODS, host_small.pop("nan_rows")) if k}
         for method, bad in nan_states.items():  # such a state never hits; say so rather than let a score drop
             log.warning("%s: %d %s states hold NaN (the model produced NaN activations)", task.lang, bad, method)
         extract_s = time.perf_counter() - t0
         counters = (host_small.pop("n_active"), host_small.pop("abs_sum"), states.n_tokens, states.token_counts)
-        matches: dict[str, dict[str, np.ndarray]] = {}
-        sims: dict[str, np.ndarray] = {}
-        for name, value in host_small.items():
-            head, _, tail = name.partition("/")
-            if head == "sim":
-                sims[tail] = value
-            else:
-                matches.setdefault(head, {})[tail] = value
         confirmed = self.collect(wait_for_room=True)
-        future = self._writer.submit(self._write, task, big, counters, (matches, sims))
+        future = self._writer.submit(self._write, task, big, counters, _unflatten(host_small))
         self._pending.append((task, future))
         dims = {m: tuple(states.state(m).shape) for m in ("nas", "hidden")}
         result = LanguageResult(
@@ -255,6 +223,40 @@ class LanguageWorker:
             extracted_at=started_at + extract_s,
         )
         return result, (big.arrays() if task.is_pivot and share_pivot else None)
+
+    def _compare(self, task: LanguageTask, states, pivot: PivotStates | None) -> tuple[dict, dict, str]:
+        """On the device: the language's match results against its pivot (and the cosine matrices when they are
+        stored), and where the pivot's states came from; a pivot keeps its own states for the languages after it."""
+        found: dict[str, torch.Tensor] = {}
+        matrices: dict[str, torch.Tensor] = {}
+        if task.is_pivot:
+            self._pivots = {self._pivot_key(task): {m: states.state(m).float() for m in METHODS}}
+            return found, matrices, ""
+        pivot_states, pivot_source = self._pivot_for(task, pivot)
+        for method in METHODS:
+            p = pivot_states[method]
+            if p.shape[0] != len(task.texts):
+                raise ValueError(f"pivot has {p.shape[0]} sentences, {task.lang!r} has {len(task.texts)}")
+            C = cosine_matrices(p, states.state(method))
+            for name, value in match_stats(C).__dict__.items():
+                found[f"{method}/{name}"] = value
+            if self.settings.store_similarity:
+                matrices[method] = C
+        return found, matrices, pivot_source
+
+    def _copies(self, task: LanguageTask, states, found: dict, matrices: dict, share_pivot: bool):
+        """Only what is kept leaves the device: matches, counters and NaN counts always (small), the states when
+        stored or shared (big, overlapping what comes next on CUDA)."""
+        nan_rows = torch.stack([states.state(m).isnan().any(-1).sum() for m in METHODS])
+        small = HostCopy(
+            {**found, **{f"sim/{m}": c for m, c in matrices.items()}, "n_active": states.n_active}
+            | {"abs_sum": states.abs_sum, "nan_rows": nan_rows}
+        )
+        keep = self.settings.store_states or (task.is_pivot and share_pivot)
+        big = HostCopy({m: states.state(m).float() for m in METHODS} if keep else {})
+        if self.lm.device.type == "cuda":  # the compute stream only: the states' copy overlaps what comes next
+            torch.cuda.current_stream().synchronize()
+        return small, big
 
     def collect(self, wait_for_room: bool = False) -> list[WriteOutcome]:
         """Say how the finished writes ended (never raises). wait_for_room: first wait until fewer than
@@ -317,3 +319,16 @@ class LanguageWorker:
             "precision": f"{self.lm.device.type}/{str(self.lm.dtype).removeprefix('torch.')}",
         }
         commit_unit(self.lake, *key, task.pivot, task.lang, tables, task.fingerprint, info)
+
+
+def _unflatten(host: dict[str, np.ndarray]) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """ "method/stat" arrays back into per-method match results, and "sim/method" into cosine matrices."""
+    matches: dict[str, dict[str, np.ndarray]] = {}
+    sims: dict[str, np.ndarray] = {}
+    for name, value in host.items():
+        head, _, tail = name.partition("/")
+        if head == "sim":
+            sims[tail] = value
+        else:
+            matches.setdefault(head, {})[tail] = value
+    return matches, sims
