@@ -39,9 +39,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neuronxa_ray.catalog import Catalog, CatalogState
 from neuronxa_ray.errors import NeuronxaError
-from neuronxa_ray.storage import Entry, Storage
+from neuronxa_ray.lake.catalog import Catalog, CatalogState
+from neuronxa_ray.lake.storage import Entry, Storage
 
 log = logging.getLogger(__name__)
 
@@ -950,7 +950,7 @@ class Lake:
                     self.storage.delete(rel)
                     log.info("deleted %s", rel)
             if problems or scan.catalog is not None:
-                from neuronxa_ray.compaction import vacuum
+                from neuronxa_ray.lake.compaction import vacuum
 
                 kept = vacuum(self, scan.catalog)
                 Catalog(self.storage).rebuild(self.marker_index, kept)

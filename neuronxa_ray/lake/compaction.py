@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from neuronxa_ray.catalog import Catalog, CatalogState
-from neuronxa_ray.lake import (
+from neuronxa_ray.lake.catalog import Catalog, CatalogState
+from neuronxa_ray.lake.store import (
     PAIR_TABLES,
     TABLES_WITH_MARKERS,
     WRITE_OPTIONS,

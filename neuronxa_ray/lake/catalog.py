@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neuronxa_ray.storage import Storage
+from neuronxa_ray.lake.storage import Storage
 
 log = logging.getLogger(__name__)
 
