@@ -6,14 +6,31 @@ DuckDB or another neuronxa_ray package). `from neuronxa_ray.lake import Lake` is
 what the rest of neuronxa_ray, the tests and the benchmarks use.
 """
 
-from neuronxa_ray.lake.store import (
-    FREE_TABLES,
-    LEASE_TIMEOUT_S,
+from neuronxa_ray.lake.encoders import (
+    list_array,
+    matches_table,
+    neuron_counts_table,
+    similarity_table,
+    states_arrays,
+    states_table,
+)
+from neuronxa_ray.lake.layout import slug
+from neuronxa_ray.lake.leases import LEASE_TIMEOUT_S, Lease, lease_alive
+from neuronxa_ray.lake.markers import WrittenFile, crc32_of, is_complete, marker_problem, pair_fingerprint
+from neuronxa_ray.lake.scan import (
     LEFT_OUT_BROKEN,
     LEFT_OUT_PIVOT,
     LEFT_OUT_PRECISION,
     LEFT_OUT_SETTINGS,
     LEFT_OUT_SOURCES,
+    Problem,
+    Scan,
+    ViewFiles,
+    summarise_left_out,
+    visible,
+)
+from neuronxa_ray.lake.schema import (
+    FREE_TABLES,
     MATCH_COLUMNS,
     METADATA_KEY,
     PAIR_TABLES,
@@ -21,25 +38,9 @@ from neuronxa_ray.lake.store import (
     SCHEMAS,
     TABLES_WITH_MARKERS,
     WRITE_OPTIONS,
-    Lake,
-    Lease,
-    Problem,
-    Scan,
-    ViewFiles,
-    WrittenFile,
-    crc32_of,
-    lease_alive,
-    list_array,
-    marker_problem,
-    matches_table,
-    neuron_counts_table,
-    similarity_table,
-    slug,
-    states_table,
-    summarise_left_out,
     table_schema,
-    visible,
 )
+from neuronxa_ray.lake.store import Lake
 
 __all__ = [
     "FREE_TABLES",
@@ -63,13 +64,16 @@ __all__ = [
     "ViewFiles",
     "WrittenFile",
     "crc32_of",
+    "is_complete",
     "lease_alive",
     "list_array",
     "marker_problem",
     "matches_table",
     "neuron_counts_table",
+    "pair_fingerprint",
     "similarity_table",
     "slug",
+    "states_arrays",
     "states_table",
     "summarise_left_out",
     "table_schema",

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neuronxa_ray.lake.storage import Storage
+from neuronxa_ray.lake.storage import Entry, Storage
 
 log = logging.getLogger(__name__)
 
@@ -287,3 +287,13 @@ def _read_snapshot(storage: Storage, rel: str) -> CatalogState:
     state.folded = set(meta.get("folded", []))
     state.snapshot = rel
     return state
+
+
+CATALOG_TEMPORARY_S = 30.0  # a catalogue write takes milliseconds: a temporary file this old was left by a kill
+
+
+def stale_temporary(e: Entry) -> bool:
+    """A temporary file of the catalogue old enough to have been left by a killed writer (any writer may be
+    committing right now: only an old one is left over)."""
+    base = posixpath.basename(e.path)
+    return base.startswith(".") and base.endswith(".tmp") and time.time() - (e.mtime or 0.0) > CATALOG_TEMPORARY_S

@@ -34,22 +34,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from neuronxa_ray.lake.catalog import Catalog, CatalogState
-from neuronxa_ray.lake.store import (
-    PAIR_TABLES,
-    TABLES_WITH_MARKERS,
-    WRITE_OPTIONS,
-    Lake,
-    WrittenFile,
-    crc32_of,
-    lease_alive,
-    table_schema,
-    visible,
-)
+from neuronxa_ray.lake.layout import lease_dir, partition
+from neuronxa_ray.lake.leases import lease_alive, read_lease
+from neuronxa_ray.lake.markers import WrittenFile, crc32_of
+from neuronxa_ray.lake.scan import visible
+from neuronxa_ray.lake.schema import PAIR_TABLES, TABLES_WITH_MARKERS, WRITE_OPTIONS, table_schema
+from neuronxa_ray.lake.store import Lake
+from neuronxa_ray.lake.vacuum import VACUUM_S, vacuum
 
 log = logging.getLogger(__name__)
 
 COMPACTED_TABLES = ("matches", "neuron_counts")
-VACUUM_S = 600.0  # superseded files outlive the switch by this long: queries that started before it still read them
 SORT = {
     "matches": ["pivot_lang", "lang", "method", "layer", "sentence"],
     "neuron_counts": ["lang", "layer", "neuron"],
@@ -97,7 +92,7 @@ def compact(
         else:
             out.compacted[label] = why
     state = catalog.load()
-    out.vacuumed = sorted(set(state.superseded if state else {}) - set(vacuum(lake, state, vacuum_after_s)))
+    out.vacuumed = sorted(set(state.superseded if state else {}) - set(vacuum(lake.storage, state, vacuum_after_s)))
     if state is not None:
         catalog.fold()
     return out
@@ -107,19 +102,19 @@ def _compact_checkpoint(
     lake: Lake, catalog: Catalog, model: str, checkpoint: str, crash_after: str | None
 ) -> tuple[int, int] | str:
     storage = lake.storage
-    for e in storage.list(lake._lease_dir(model, checkpoint)):
+    for e in storage.list(lease_dir(model, checkpoint)):
         try:
-            record = json.loads(storage.read_bytes(e.path))
-            if lease_alive(record, time.time() - float(record["heartbeat"]), float(record.get("timeout_s", 900))):
+            record, age = read_lease(storage, e.path)
+            if lease_alive(record, age, float(record.get("timeout_s", 900))):
                 return f"run {record.get('run_id')} is writing it"
         except (OSError, ValueError, KeyError, TypeError):
             continue
-    prefix = lake._partition("_done", model, checkpoint) + "/"
+    prefix = partition("_done", model, checkpoint) + "/"
     state = catalog.load() or CatalogState()  # before reconciling: files an interrupted compaction left named
     named_before = {f["path"] for rel, r in state.markers.items() if rel.startswith(prefix) for f in r["files"]}
     lake.reconcile(model, checkpoint)
     markers = lake.markers(prefix)
-    sizes = {e.path: e.size for t in TABLES_WITH_MARKERS for e in storage.list(lake._partition(t, model, checkpoint))}
+    sizes = {e.path: e.size for t in TABLES_WITH_MARKERS for e in storage.list(partition(t, model, checkpoint))}
     sizes_before = dict(sizes)
     wrong = {rel: lake.verify(r, sizes) for rel, r in markers.items()}
     if any(wrong.values()) or len(markers) < len(list(storage.list(prefix))):
@@ -160,7 +155,7 @@ def _compact_checkpoint(
                 unit_rows[(table, rel)] = taken[key] = part.num_rows
                 parts.append(part)
         merged = pa.concat_tables(parts).sort_by([(c, "ascending") for c in SORT[table]])
-        path = lake._partition(table, model, checkpoint) + f"/compacted-{uuid.uuid4().hex[:12]}.parquet"
+        path = partition(table, model, checkpoint) + f"/compacted-{uuid.uuid4().hex[:12]}.parquet"
         sink = pa.BufferOutputStream()
         pq.write_table(merged, sink, compression="zstd", row_group_size=64 * 1024, **WRITE_OPTIONS.get(table, {}))
         buffer = sink.getvalue()
@@ -204,23 +199,3 @@ def _compact_checkpoint(
     before = len({f["path"] for r in markers.values() for f in r["files"] if f["table"] in new_files})
     log.info("lake %s: %s @ %s compacted: %d files -> %d", lake.uri, model, checkpoint, before, len(new_files))
     return before, len(new_files)
-
-
-def vacuum(lake: Lake, state: CatalogState | None, older_than_s: float = VACUUM_S) -> dict[str, float]:
-    """Delete superseded files older than older_than_s that no catalogue record names; returns those kept."""
-    if state is None or not state.superseded:
-        return {}
-    named = {f["path"] for r in state.markers.values() for f in r.get("files") or []}
-    cutoff = time.time() - older_than_s
-    leased = {"/".join(e.path.split("/")[1:3]) for e in lake.storage.list("_leases") if e.path.endswith(".json")}
-    gone = [
-        p
-        for p, t in state.superseded.items()
-        if (t <= cutoff or p in named) and "/".join(p.split("/")[1:3]) not in leased  # a run may write it again
-    ]
-    for path in gone:
-        if path not in named:
-            lake.storage.delete(path)
-    if gone:
-        Catalog(lake.storage).append(vacuumed=gone)
-    return {p: t for p, t in state.superseded.items() if p not in gone}
