@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--keep", help="write (or reuse) the lake here")
     ap.add_argument("--before-src", help="a checkout of the code before catalogues, for the before figures")
     args = ap.parse_args()
-    from neuronxa_ray.compaction import compact
+    from neuronxa_ray.lake.compaction import compact
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lake-scale-")) / "lake"
     units = args.checkpoints * args.languages

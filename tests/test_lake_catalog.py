@@ -152,7 +152,7 @@ def test_views_open_from_the_catalogue_without_reading_markers(tmp_path, monkeyp
 
 
 def test_catalogue_folds_into_snapshots_and_reads_the_same(tmp_path, monkeypatch):
-    import neuronxa_ray.catalog as catalog
+    import neuronxa_ray.lake.catalog as catalog
 
     monkeypatch.setattr(catalog, "FOLD_EVERY", 3)
     monkeypatch.setattr(catalog, "LIST_EVERY", 0)
@@ -216,7 +216,7 @@ def test_compaction_keeps_every_answer_and_leaves_few_files(tmp_path, reader):
     assert len(view.files["matches"]) == 2 and len(view.files["neuron_counts"]) == 2 and not view.partial
     assert all("compacted-" in p for p in view.files["matches"])
     assert lake.check() == []  # markers verify against the compacted files; superseded files are not orphans
-    from neuronxa_ray.compaction import compact
+    from neuronxa_ray.lake.compaction import compact
 
     done = compact(lake, vacuum_after_s=0)  # nothing left to compact; the superseded files go
     assert not done.compacted and done.vacuumed
@@ -228,7 +228,7 @@ def test_compaction_keeps_every_answer_and_leaves_few_files(tmp_path, reader):
 @pytest.mark.parametrize("repair", [True, False], ids=["repaired", "compacted-again"])
 @pytest.mark.parametrize("step", ["files", "markers", "catalogue"])
 def test_a_crash_at_every_step_of_a_compaction_leaves_the_same_answers(tmp_path, step, repair):
-    from neuronxa_ray.compaction import compact
+    from neuronxa_ray.lake.compaction import compact
 
     lake = _two_checkpoints(tmp_path)
     expected = answers(tmp_path)
@@ -244,7 +244,7 @@ def test_a_crash_at_every_step_of_a_compaction_leaves_the_same_answers(tmp_path,
 
 
 def test_a_language_recomputed_after_compaction_replaces_its_rows(tmp_path):
-    from neuronxa_ray.compaction import compact
+    from neuronxa_ray.lake.compaction import compact
 
     lake = _two_checkpoints(tmp_path)
     compact(lake, vacuum_after_s=0)
@@ -261,7 +261,7 @@ def test_a_language_recomputed_after_compaction_replaces_its_rows(tmp_path):
 
 
 def test_compaction_skips_a_checkpoint_a_live_run_writes_or_that_is_incomplete(tmp_path):
-    from neuronxa_ray.compaction import compact
+    from neuronxa_ray.lake.compaction import compact
 
     lake = _two_checkpoints(tmp_path)
     with lake.acquire("m", "c", "base", "run-1"):
@@ -274,7 +274,7 @@ def test_compaction_skips_a_checkpoint_a_live_run_writes_or_that_is_incomplete(t
 def test_catalogue_and_compaction_on_s3_as_on_local_disk(s3_env, tmp_path):
     import uuid
 
-    from neuronxa_ray.compaction import compact
+    from neuronxa_ray.lake.compaction import compact
 
     uri = f"s3://{s3_env['bucket']}/catalog-{uuid.uuid4().hex[:8]}"
     local, remote = _two_checkpoints(tmp_path), _two_checkpoints(uri)
@@ -293,7 +293,7 @@ def test_catalogue_and_compaction_on_s3_as_on_local_disk(s3_env, tmp_path):
 def test_readers_during_a_compaction_see_the_old_files_or_the_new_never_both(tmp_path):
     import threading
 
-    from neuronxa_ray.compaction import compact
+    from neuronxa_ray.lake.compaction import compact
 
     lake = _two_checkpoints(tmp_path)
     expected = answers(tmp_path)
@@ -327,9 +327,9 @@ def test_compaction_of_a_checkpoint_with_two_pivots_keeps_shared_files_once(tmp_
     matches: the compacted neuron_counts holds each language once, and every view answers as before."""
     import torch
 
-    from neuronxa_ray.compaction import compact
     from neuronxa_ray.compute.matching import match_stats
     from neuronxa_ray.lake import WrittenFile, matches_table
+    from neuronxa_ray.lake.compaction import compact
 
     lake = _lake(tmp_path, ("eng", "fra", "deu", "swh"))
     rng = np.random.default_rng(7)

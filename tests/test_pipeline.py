@@ -1,6 +1,7 @@
 """The whole pipeline on local Ray with a tiny model saved to disk: lake contents against the reference."""
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,11 +102,11 @@ def test_rerun_skips_completed_languages_and_resumes_missing_ones(ray_session, t
     _, raw = tiny_job
     job = job_from_dict(raw)
     lake = Lake(raw["lake"])
-    if not lake.is_done("tiny-llama", "main", "eng", "fra", "x") and not list(lake.root.glob("_done/**/*.json")):
+    if not lake.is_done("tiny-llama", "main", "eng", "fra", "x") and not list(Path(lake.uri).glob("_done/**/*.json")):
         run_job(job, progress=False)
     before = connect(raw["lake"]).execute("SELECT method, lang, layer, score FROM alignment ORDER BY ALL").fetchall()
     assert run_job(job, progress=False) == []  # everything complete: nothing recomputed
-    next(lake.root.glob("_done/**/lang=fra.json")).unlink()  # as if the run died before fra finished
+    next(Path(lake.uri).glob("_done/**/lang=fra.json")).unlink()  # as if the run died before fra finished
     runs = run_job(job, progress=False)
     assert [r["n_languages_computed"] for r in runs] == [1]  # only fra; the pivot's states came from the lake
     after = connect(raw["lake"]).execute("SELECT method, lang, layer, score FROM alignment ORDER BY ALL").fetchall()

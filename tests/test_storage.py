@@ -5,7 +5,7 @@ import os
 import pytest
 
 from neuronxa_ray.lake import Lake
-from neuronxa_ray.storage import Storage
+from neuronxa_ray.lake.storage import Storage
 
 
 def test_local_roots_become_absolute(tmp_path, monkeypatch):
@@ -39,7 +39,7 @@ def test_s3_without_bucket_is_refused():
 
 
 def test_endpoint_and_region_from_the_environment(monkeypatch):
-    from neuronxa_ray.storage import make_s3
+    from neuronxa_ray.lake.storage import make_s3
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:2")  # the S3-specific one wins

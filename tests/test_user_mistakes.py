@@ -200,7 +200,7 @@ def test_correlation_is_the_same_for_every_query_over_a_lake_with_duplicates(sco
     lake = Lake(tmp_path / "lake")
     import shutil
 
-    shutil.copytree(scored_lake, lake.root, dirs_exist_ok=True)
+    shutil.copytree(scored_lake, tmp_path / "lake", dirs_exist_ok=True)
     import pyarrow as pa
 
     for name, values in (("one", [0.9, 0.2, 0.5, 0.1]), ("two", [0.1, 0.6, 0.3, 0.8])):

@@ -31,7 +31,7 @@ def cmd_lake(args) -> int:
     lake = Lake(lake_dir(args))
     check_lake(lake.uri)
     if args.lake_command == "compact":
-        from neuronxa_ray.compaction import compact
+        from neuronxa_ray.lake.compaction import compact
 
         done = compact(lake, args.model, args.checkpoint)
         for label, (before, after) in done.compacted.items():

@@ -10,7 +10,7 @@ import torch
 
 from neuronxa_ray.compute.matching import match_stats, normalize_states
 from neuronxa_ray.errors import NeuronxaError
-from neuronxa_ray.lake import Lake, WrittenFile, matches_table
+from neuronxa_ray.lake import Lake, WrittenFile, matches_table, pair_fingerprint
 from neuronxa_ray.planning.pivot import resolve_pivots
 from neuronxa_ray.worker.writer import commit_unit
 
@@ -70,7 +70,7 @@ class _Pairs:
         self.fingerprint = self.sources[self.base].get("checkpoint_fingerprint", "")
 
     def fingerprint_of(self, p: str, lang: str) -> str:
-        return "+".join(self.sources[x]["fingerprint"] for x in (p, lang))
+        return pair_fingerprint(self.sources[p]["fingerprint"], self.sources[lang]["fingerprint"])
 
     def current(self, p: str, lang: str) -> bool:
         """The pair is written, under this checkpoint fingerprint, from the sources as they are now."""

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from neuronxa_ray.config.job import Checkpoint, JobConfig
 from neuronxa_ray.corpus.readers import ParallelCorpus
 from neuronxa_ray.errors import NeuronxaError
-from neuronxa_ray.lake import Lake
+from neuronxa_ray.lake import Lake, is_complete
 from neuronxa_ray.model.resolve import ResolvedModel, check_architecture, resolve_model
 from neuronxa_ray.model.spec import ModelSpec
 from neuronxa_ray.planning.fingerprints import checkpoint_fingerprint, language_fingerprint
 from neuronxa_ray.planning.pivot import refuse_replacing_pivot, resolve_pivots
-from neuronxa_ray.planning.tables import required_tables, resolve_store_states, tables_of
+from neuronxa_ray.planning.tables import required_tables, resolve_store_states
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,7 @@ def _done(
 ) -> bool:
     """Complete, current, holding what the job asks for, and computed at its pivot's precision."""
     record = lake.completion(job.model_name, name, job.pivot, lang)
-    needed = required_tables(job, lang, store_states)
-    if record is None or record.get("fingerprint") != fingerprint or not needed <= tables_of(record):
-        return False
-    precision, pivot_precision = record.get("precision"), (pivot or {}).get("precision")
-    return not (precision and pivot_precision and precision != pivot_precision)
+    return is_complete(record, fingerprint, required_tables(job, lang, store_states), (pivot or {}).get("precision"))
 
 
 def plan_checkpoint(

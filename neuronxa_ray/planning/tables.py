@@ -12,10 +12,6 @@ from neuronxa_ray.model.resolve import ResolvedModel
 log = logging.getLogger(__name__)
 
 
-def tables_of(record: dict | None) -> set[str]:
-    return {f.get("table") for f in (record or {}).get("files", [])}
-
-
 STATE_BUDGET_BYTES = 2 * 1024**3  # store_states "auto": states are kept while a checkpoint's stay under this
 
 

@@ -22,6 +22,7 @@ A language recomputed after compaction gets its own file again; views then read 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import posixpath
@@ -33,23 +34,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from neuronxa_ray.catalog import Catalog, CatalogState
-from neuronxa_ray.lake import (
-    PAIR_TABLES,
-    TABLES_WITH_MARKERS,
-    WRITE_OPTIONS,
-    Lake,
-    WrittenFile,
-    crc32_of,
-    lease_alive,
-    table_schema,
-    visible,
-)
+from neuronxa_ray.lake.catalog import Catalog, CatalogState
+from neuronxa_ray.lake.layout import lease_dir, partition
+from neuronxa_ray.lake.leases import lease_alive, read_lease
+from neuronxa_ray.lake.markers import WrittenFile
+from neuronxa_ray.lake.scan import visible
+from neuronxa_ray.lake.schema import PAIR_TABLES, TABLES_WITH_MARKERS, table_schema
+from neuronxa_ray.lake.storage import Storage
+from neuronxa_ray.lake.store import Lake
+from neuronxa_ray.lake.vacuum import VACUUM_S, vacuum
 
 log = logging.getLogger(__name__)
 
 COMPACTED_TABLES = ("matches", "neuron_counts")
-VACUUM_S = 600.0  # superseded files outlive the switch by this long: queries that started before it still read them
 SORT = {
     "matches": ["pivot_lang", "lang", "method", "layer", "sentence"],
     "neuron_counts": ["lang", "layer", "neuron"],
@@ -97,7 +94,7 @@ def compact(
         else:
             out.compacted[label] = why
     state = catalog.load()
-    out.vacuumed = sorted(set(state.superseded if state else {}) - set(vacuum(lake, state, vacuum_after_s)))
+    out.vacuumed = sorted(set(state.superseded if state else {}) - set(vacuum(lake.storage, state, vacuum_after_s)))
     if state is not None:
         catalog.fold()
     return out
@@ -106,69 +103,99 @@ def compact(
 def _compact_checkpoint(
     lake: Lake, catalog: Catalog, model: str, checkpoint: str, crash_after: str | None
 ) -> tuple[int, int] | str:
+    """Compact one checkpoint: (files before, files after), or why it was skipped."""
     storage = lake.storage
-    for e in storage.list(lake._lease_dir(model, checkpoint)):
-        try:
-            record = json.loads(storage.read_bytes(e.path))
-            if lease_alive(record, time.time() - float(record["heartbeat"]), float(record.get("timeout_s", 900))):
-                return f"run {record.get('run_id')} is writing it"
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    prefix = lake._partition("_done", model, checkpoint) + "/"
+    writer = _writing_run(storage, model, checkpoint)
+    if writer is not None:
+        return f"run {writer} is writing it"
+    prefix = partition("_done", model, checkpoint) + "/"
     state = catalog.load() or CatalogState()  # before reconciling: files an interrupted compaction left named
     named_before = {f["path"] for rel, r in state.markers.items() if rel.startswith(prefix) for f in r["files"]}
     lake.reconcile(model, checkpoint)
     markers = lake.markers(prefix)
-    sizes = {e.path: e.size for t in TABLES_WITH_MARKERS for e in storage.list(lake._partition(t, model, checkpoint))}
-    sizes_before = dict(sizes)
+    sizes = {e.path: e.size for t in TABLES_WITH_MARKERS for e in storage.list(partition(t, model, checkpoint))}
     wrong = {rel: lake.verify(r, sizes) for rel, r in markers.items()}
     if any(wrong.values()) or len(markers) < len(list(storage.list(prefix))):
         return "some of its markers do not verify (`neuronxa-ray lake check`)"
     complete, stale, _, left_out = visible(markers, lake.done_marker)
     if stale or left_out:
         return "some of its languages are stale or incomplete (`neuronxa-ray lake check`)"
-    plans = {}
-    for table in COMPACTED_TABLES:
-        named = {f["path"] for r in complete for f in r["files"] if f["table"] == table}
-        if len(named) >= 2:
-            plans[table] = named
-    if not plans:
+    tables = [
+        t for t in COMPACTED_TABLES if len({f["path"] for r in complete for f in r["files"] if f["table"] == t}) >= 2
+    ]
+    if not tables:
         return "nothing to compact"
     new_files: dict[str, WrittenFile] = {}
     unit_rows: dict[tuple[str, str], int] = {}  # (table, marker path) -> its rows in the compacted file
-    for table in plans:
-        parts, read, taken = [], {}, {}
-        for rel, record in markers.items():
-            for f in record["files"]:
-                if f["table"] != table:
-                    continue
-                key = (record["pivot_lang"], record["lang"]) if table in PAIR_TABLES else (record["lang"],)
-                if key in taken:  # one language's neuron_counts named by the markers of two pivots: once
-                    unit_rows[(table, rel)] = taken[key]
-                    continue
-                if f["path"] not in read:
-                    schema = table_schema(table)
-                    read[f["path"]] = pq.read_table(storage.path(f["path"]), filesystem=storage.fs, schema=schema)
-                part = read[f["path"]]
-                if f.get("file_rows") is not None:  # from an earlier compaction: this language's rows only
-                    mask = pc.equal(part["lang"], record["lang"])
-                    if table in PAIR_TABLES:
-                        mask = pc.and_(mask, pc.equal(part["pivot_lang"], record["pivot_lang"]))
-                    part = part.filter(mask)
-                if part.num_rows != f["rows"]:
-                    raise RuntimeError(f"{f['path']}: {part.num_rows} rows of {record['lang']}, its marker {f['rows']}")
-                unit_rows[(table, rel)] = taken[key] = part.num_rows
-                parts.append(part)
-        merged = pa.concat_tables(parts).sort_by([(c, "ascending") for c in SORT[table]])
-        path = lake._partition(table, model, checkpoint) + f"/compacted-{uuid.uuid4().hex[:12]}.parquet"
-        sink = pa.BufferOutputStream()
-        pq.write_table(merged, sink, compression="zstd", row_group_size=64 * 1024, **WRITE_OPTIONS.get(table, {}))
-        buffer = sink.getvalue()
-        storage.write_bytes(path, buffer)
-        new_files[table] = WrittenFile(path, buffer.size, merged.num_rows, table, crc32_of(buffer), merged.num_rows)
+    for table in tables:
+        merged = _merge(storage, table, markers, unit_rows)
+        path = partition(table, model, checkpoint) + f"/compacted-{uuid.uuid4().hex[:12]}.parquet"
+        written = lake.write(table, merged, path)
+        new_files[table] = dataclasses.replace(written, file_rows=written.rows)
     if crash_after == "files":
         raise RuntimeError("crash after the compacted files")
     now = time.time()
+    changes, superseded = _switched(markers, new_files, unit_rows, now)
+    marker_sizes = _write_markers(storage, changes, crash_after)
+    still = {f["path"] for r in changes.values() for f in r["files"]} | {
+        f["path"] for rel, r in markers.items() if rel not in changes for f in r["files"]
+    }
+    superseded.update({p: now for p in named_before if p in sizes})
+    named_now = {f["path"] for r in markers.values() for f in r["files"]}
+    leftover = [p for p in sizes if posixpath.basename(p).startswith("compacted-") and p not in named_now]
+    superseded.update({p: now for p in leftover if p not in state.superseded})  # an interrupted compaction's
+    superseded = {p: t for p, t in superseded.items() if p not in still}
+    catalog.commit(changes, lake.marker_index, superseded, marker_sizes)  # the switch: one entry
+    if crash_after == "catalogue":
+        raise RuntimeError("crash after the catalogue entry")
+    before = len({f["path"] for r in markers.values() for f in r["files"] if f["table"] in new_files})
+    log.info("lake %s: %s @ %s compacted: %d files -> %d", lake.uri, model, checkpoint, before, len(new_files))
+    return before, len(new_files)
+
+
+def _writing_run(storage: Storage, model: str, checkpoint: str) -> str | None:
+    """The run id of a live run writing the checkpoint (unreadable leases ignored), or None."""
+    for e in storage.list(lease_dir(model, checkpoint)):
+        try:
+            record, age = read_lease(storage, e.path)
+            if lease_alive(record, age, float(record.get("timeout_s", 900))):
+                return str(record.get("run_id"))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _merge(storage: Storage, table: str, markers: dict[str, dict], unit_rows: dict[tuple[str, str], int]) -> pa.Table:
+    """Every language's rows of one table, once each, sorted; unit_rows gets each marker's rows in it."""
+    parts, read, taken = [], {}, {}
+    for rel, record in markers.items():
+        for f in record["files"]:
+            if f["table"] != table:
+                continue
+            key = (record["pivot_lang"], record["lang"]) if table in PAIR_TABLES else (record["lang"],)
+            if key in taken:  # one language's neuron_counts named by the markers of two pivots: once
+                unit_rows[(table, rel)] = taken[key]
+                continue
+            if f["path"] not in read:
+                schema = table_schema(table)
+                read[f["path"]] = pq.read_table(storage.path(f["path"]), filesystem=storage.fs, schema=schema)
+            part = read[f["path"]]
+            if f.get("file_rows") is not None:  # from an earlier compaction: this language's rows only
+                mask = pc.equal(part["lang"], record["lang"])
+                if table in PAIR_TABLES:
+                    mask = pc.and_(mask, pc.equal(part["pivot_lang"], record["pivot_lang"]))
+                part = part.filter(mask)
+            if part.num_rows != f["rows"]:
+                raise RuntimeError(f"{f['path']}: {part.num_rows} rows of {record['lang']}, its marker {f['rows']}")
+            unit_rows[(table, rel)] = taken[key] = part.num_rows
+            parts.append(part)
+    return pa.concat_tables(parts).sort_by([(c, "ascending") for c in SORT[table]])
+
+
+def _switched(
+    markers: dict[str, dict], new_files: dict[str, WrittenFile], unit_rows: dict[tuple[str, str], int], now: float
+) -> tuple[dict[str, dict], dict[str, float]]:
+    """(marker path -> its record naming the compacted files, file -> when it was superseded)."""
     changes: dict[str, dict] = {}
     superseded: dict[str, float] = {}
     for rel, record in markers.items():
@@ -177,12 +204,16 @@ def _compact_checkpoint(
             if f["table"] in new_files:
                 superseded[f["path"]] = now
                 new = new_files[f["table"]]
-                files.append(WrittenFile(new.path, new.bytes, unit_rows[(f["table"], rel)], new.table, new.crc32,
-                                         new.file_rows).record())  # fmt: skip
+                files.append(dataclasses.replace(new, rows=unit_rows[(f["table"], rel)]).record())
             else:
                 files.append(f)
         if files != record["files"]:
             changes[rel] = {**record, "files": files, "compacted_at": now}
+    return changes, superseded
+
+
+def _write_markers(storage: Storage, changes: dict[str, dict], crash_after: str | None) -> dict[str, int]:
+    """Rewrite the changed markers; returns marker path -> its bytes."""
     sizes = {}
     for i, (rel, record) in enumerate(changes.items()):
         data = json.dumps(record).encode()
@@ -190,37 +221,4 @@ def _compact_checkpoint(
         sizes[rel] = len(data)
         if crash_after == "markers" and i == len(changes) // 2:
             raise RuntimeError("crash halfway through the markers")
-    still = {f["path"] for r in changes.values() for f in r["files"]} | {
-        f["path"] for rel, r in markers.items() if rel not in changes for f in r["files"]
-    }
-    superseded.update({p: now for p in named_before if p in sizes_before})
-    named_now = {f["path"] for r in markers.values() for f in r["files"]}
-    leftover = [p for p in sizes_before if posixpath.basename(p).startswith("compacted-") and p not in named_now]
-    superseded.update({p: now for p in leftover if p not in state.superseded})  # an interrupted compaction's
-    superseded = {p: t for p, t in superseded.items() if p not in still}
-    catalog.commit(changes, lake.marker_index, superseded, sizes)  # the switch: one entry
-    if crash_after == "catalogue":
-        raise RuntimeError("crash after the catalogue entry")
-    before = len({f["path"] for r in markers.values() for f in r["files"] if f["table"] in new_files})
-    log.info("lake %s: %s @ %s compacted: %d files -> %d", lake.uri, model, checkpoint, before, len(new_files))
-    return before, len(new_files)
-
-
-def vacuum(lake: Lake, state: CatalogState | None, older_than_s: float = VACUUM_S) -> dict[str, float]:
-    """Delete superseded files older than older_than_s that no catalogue record names; returns those kept."""
-    if state is None or not state.superseded:
-        return {}
-    named = {f["path"] for r in state.markers.values() for f in r.get("files") or []}
-    cutoff = time.time() - older_than_s
-    leased = {"/".join(e.path.split("/")[1:3]) for e in lake.storage.list("_leases") if e.path.endswith(".json")}
-    gone = [
-        p
-        for p, t in state.superseded.items()
-        if (t <= cutoff or p in named) and "/".join(p.split("/")[1:3]) not in leased  # a run may write it again
-    ]
-    for path in gone:
-        if path not in named:
-            lake.storage.delete(path)
-    if gone:
-        Catalog(lake.storage).append(vacuumed=gone)
-    return {p: t for p, t in state.superseded.items() if p not in gone}
+    return sizes

@@ -12,7 +12,7 @@ gone lists again). Entry names order by the writer's clock: hosts that share a l
 
 The markers under _done/ stay the source of truth: `lake check` compares the catalogue with them and `--repair`
 rebuilds it from them. The catalogue holds marker records as written; verification and the consistency rules
-(pivot agreement, precision, pair sources) are applied by the reader (lake.py), the same as over the markers.
+(pivot agreement, precision, pair sources) are applied by the reader (scan.py), the same as over the markers.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neuronxa_ray.storage import Storage
+from neuronxa_ray.lake.layout import is_temporary
+from neuronxa_ray.lake.storage import Entry, Storage
 
 log = logging.getLogger(__name__)
 
@@ -287,3 +288,12 @@ def _read_snapshot(storage: Storage, rel: str) -> CatalogState:
     state.folded = set(meta.get("folded", []))
     state.snapshot = rel
     return state
+
+
+CATALOG_TEMPORARY_S = 30.0  # a catalogue write takes milliseconds: a temporary file this old was left by a kill
+
+
+def stale_temporary(e: Entry) -> bool:
+    """A temporary file of the catalogue old enough to have been left by a killed writer (any writer may be
+    committing right now: only an old one is left over)."""
+    return is_temporary(e.path) and time.time() - (e.mtime or 0.0) > CATALOG_TEMPORARY_S

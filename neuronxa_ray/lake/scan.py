@@ -1,0 +1,355 @@
+"""Which languages the views count: every marker verified against its files, the consistency rules over the verified
+ones (pivot agreement, precision, pair sources), and what is broken, stale, orphaned or left over.
+
+Reads markers through the Lake (MarkerSource), so the lake stays the one place they are read.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from neuronxa_ray.lake.catalog import Catalog, CatalogState, stale_temporary
+from neuronxa_ray.lake.layout import done_marker, is_parquet, is_temporary, reject_schema_1
+from neuronxa_ray.lake.leases import LEASE_TIMEOUT_S, lease_alive, read_lease
+from neuronxa_ray.lake.markers import MarkerSource, pair_fingerprint
+from neuronxa_ray.lake.schema import FREE_TABLES, PAIR_TABLES, TABLES_WITH_MARKERS
+from neuronxa_ray.lake.storage import Entry, Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something `lake check` found: kind is broken | stale | orphaned | temporary | stale-lease | legacy |
+    catalogue."""
+
+    kind: str
+    path: str  # the marker, file or lease (relative to the lake root)
+    detail: str
+    delete: tuple[str, ...] = ()  # what --repair deletes
+
+    def __str__(self) -> str:
+        return f"{self.kind:<11} {self.path}: {self.detail}"
+
+
+@dataclass
+class Scan:
+    """Every marker of the lake, verified: the complete languages and what is wrong with the rest."""
+
+    complete: list[dict]  # marker records that verify and agree with their pivot's checkpoint_fingerprint
+    problems: list[Problem]
+    excluded: list[str]  # one line per language left out of the views, and why
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # (reason, "model @ checkpoint: lang")
+    free: dict[str, list[str]] = field(default_factory=dict)  # runs/benchmarks/attempts files whose footer reads
+    parsed: dict[str, dict] = field(default_factory=dict)  # marker path -> record, for every valid marker
+    catalog: CatalogState | None = None  # the catalogue as read during the scan
+
+
+LEFT_OUT_BROKEN = "whose files are missing or changed"
+LEFT_OUT_SOURCES = "whose source languages changed or are gone"
+LEFT_OUT_PIVOT = "whose pivot is missing or does not verify"
+LEFT_OUT_SETTINGS = "computed with other settings or weights than their pivot"
+LEFT_OUT_PRECISION = "computed at another precision than their pivot (rerun with --force, or set dtype and device)"
+
+
+def _label(record: dict | None, rel: str) -> str:
+    if isinstance(record, dict) and all(isinstance(record.get(k), str) for k in ("model", "checkpoint", "lang")):
+        pivot = record.get("pivot_lang")
+        pair = f"{pivot}-{record['lang']}" if record.get("sources") and isinstance(pivot, str) else record["lang"]
+        return f"{record['model']} @ {record['checkpoint']}: {pair}"
+    return f"{rel}:"
+
+
+def summarise_left_out(left_out: list[tuple[str, str]], names: int = 8) -> str:
+    """One line for every language left out of the views: counts per reason, a few names each."""
+    by_reason: dict[str, dict[str, list[str]]] = {}
+    for reason, label in left_out:
+        where, _, lang = label.partition(": ")
+        by_reason.setdefault(reason, {}).setdefault(where, []).append(lang)
+    parts = []
+    for reason, where in by_reason.items():
+        n = sum(len(v) for v in where.values())
+        shown = []
+        for place, langs in list(where.items())[:3]:
+            more = f" +{len(langs) - names}" if len(langs) > names else ""
+            shown.append(f"{place}: {', '.join(sorted(langs)[:names])}{more}".strip(": "))
+        extra = f"; +{len(where) - 3} checkpoint(s)" if len(where) > 3 else ""
+        parts.append(f"{n} {reason} ({'; '.join(shown)}{extra})")
+    total = len(left_out)
+    return (
+        f"{total} language(s) left out of the views: {'; '.join(parts)} (`neuronxa-ray lake check` lists each, "
+        "`--repair` removes them for a rerun)"
+    )
+
+
+def visible(ok: dict[str, dict], done_marker) -> tuple[list[dict], list[Problem], list[str], list[tuple[str, str]]]:
+    """The consistency rules over verified markers (path -> record): a language counts when its pivot's marker
+    verifies with the same checkpoint_fingerprint and precision; a pair computed from stored states (`sources`)
+    when both sources verify with the fingerprints it was computed from. Returns (complete records, stale
+    problems, one line per left-out language, (reason, label) per left-out language)."""
+    complete, problems, excluded, left_out = [], [], [], []
+    pivots: dict[tuple[str, str, str], str] = {}  # done_marker slugs every value: once per checkpoint and pivot
+    for rel, record in ok.items():
+        what = f"{record['model']} @ {record['checkpoint']}, pivot {record['pivot_lang']}, {record['lang']}"
+        label = _label(record, rel)
+        if "sources" in record:  # a pair computed from two languages' stored states: both must be current
+            gone = [r for r in record["sources"] if r not in ok]
+            other = [
+                r
+                for r in record["sources"]
+                if r in ok and ok[r].get("checkpoint_fingerprint") != record.get("checkpoint_fingerprint")
+            ]
+            fps = [ok[r]["fingerprint"] for r in record["sources"]] if not gone else []
+            if not gone and (len(fps) != 2 or record.get("fingerprint") != pair_fingerprint(*fps)):
+                other = list(record["sources"])  # a source language was recomputed since the pair was
+            if gone or other:
+                detail = f"its source languages changed or are gone ({', '.join(gone + other)})"
+                excluded.append(f"{what}: {detail}")
+                left_out.append((LEFT_OUT_SOURCES, label))
+                problems.append(Problem("stale", rel, detail, (rel,)))
+            else:
+                complete.append(record)
+            continue
+        key = (record["model"], record["checkpoint"], record["pivot_lang"])
+        pivot_rel = pivots.get(key) or pivots.setdefault(key, done_marker(*key, record["pivot_lang"]))
+        pivot = ok.get(pivot_rel)
+        if pivot is None:
+            excluded.append(f"{what}: its pivot's marker {pivot_rel} is missing or does not verify")
+            left_out.append((LEFT_OUT_PIVOT, label))
+            continue
+        if pivot.get("checkpoint_fingerprint") != record.get("checkpoint_fingerprint"):
+            detail = (
+                f"computed with other settings or weights than its pivot (checkpoint_fingerprint "
+                f"{record.get('checkpoint_fingerprint')!r} vs {pivot.get('checkpoint_fingerprint')!r})"
+            )
+            excluded.append(f"{what}: {detail}")
+            left_out.append((LEFT_OUT_SETTINGS, label))
+            problems.append(Problem("stale", rel, detail, (rel,)))
+            continue
+        if pivot.get("precision") and record.get("precision") and pivot["precision"] != record["precision"]:
+            detail = (
+                f"computed as {record['precision']}, its pivot as {pivot['precision']} (dtype or device 'auto' "
+                "resolved on other hardware): rerun with --force, or set dtype and device"
+            )
+            excluded.append(f"{what}: {detail}")
+            left_out.append((LEFT_OUT_PRECISION, f"{label} as {record['precision']}, pivot {pivot['precision']}"))
+            problems.append(Problem("stale", rel, detail, (rel,)))
+            continue
+        complete.append(record)
+    return complete, problems, excluded, left_out
+
+
+@dataclass
+class ViewFiles:
+    """What the views read: table -> files, and for compacted files of which only some languages are current,
+    file -> the (pivot_lang, lang) keys (pair tables) or (lang,) keys to read from it."""
+
+    files: dict[str, list[str]]
+    partial: dict[str, dict[str, list[tuple[str, ...]]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, complete: list[dict], free: dict[str, list[str]]) -> ViewFiles:
+        files: dict[str, dict[str, None]] = {t: {} for t in (*TABLES_WITH_MARKERS, *FREE_TABLES)}
+        keys: dict[str, dict[tuple[str, ...], int]] = {}  # compacted file -> current key -> its rows there
+        whole: dict[str, int] = {}
+        for record in complete:
+            for f in record["files"]:
+                if f["table"] not in files:
+                    continue
+                files[f["table"]][f["path"]] = None
+                if f.get("file_rows") is not None:  # a compacted file: which of its languages are current
+                    whole[f["path"]] = f["file_rows"]
+                    key = (record["pivot_lang"], record["lang"]) if f["table"] in PAIR_TABLES else (record["lang"],)
+                    keys.setdefault(f["path"], {})[key] = f["rows"]
+        for table, paths in free.items():
+            files[table].update(dict.fromkeys(paths))
+        partial: dict[str, dict[str, list[tuple[str, ...]]]] = {}
+        for table, paths in files.items():
+            for path in paths:
+                if path in whole and sum(keys[path].values()) != whole[path]:
+                    partial.setdefault(table, {})[path] = sorted(keys[path])
+        return cls({t: sorted(v) for t, v in files.items()}, partial)
+
+
+Checked = tuple[str, "dict | None", list[str]]  # (marker path, its record or None, what is wrong with it)
+
+
+def scan(lake: MarkerSource, workers: int = 16, checksums: bool = False) -> Scan:
+    """Read and verify every marker (one listing, markers and Parquet footers read in parallel; with checksums
+    every byte of every file against its recorded CRC-32), and every runs/benchmarks/attempts footer."""
+    entries = lake.storage.list()
+    reject_schema_1(entries, lake.uri)
+    sizes = {e.path: e.size for e in entries}
+    free = [e.path for e in entries if e.path.split("/", 1)[0] in FREE_TABLES and is_parquet(e.path)]
+    results, unreadable_free = _check_all(lake, entries, sizes, free, workers, checksums)
+    ok = {rel: record for rel, record, wrong in results if not wrong}
+    named_by_ok = {f["path"] for r in ok.values() for f in r["files"]}
+    problems, left_out = _broken(results, sizes, named_by_ok)
+    complete, stale, excluded, more = visible(ok, done_marker)
+    problems += stale
+    left_out += more
+    for rel, why in unreadable_free.items():
+        if why:
+            problems.append(Problem("broken", rel, why, (rel,)))
+    named = named_by_ok | {f["path"] for _, r, _ in results if r for f in r.get("files", [])}
+    state = catalog_state(lake, quiet=True)
+    problems += _leftovers(lake.storage, entries, named, set(state.superseded) if state else set(), problems)
+    parsed = {rel: r for rel, r, _ in results if r is not None}
+    free_ok = {t: [p for p in free if p.startswith(t + "/") and not unreadable_free[p]] for t in FREE_TABLES}
+    return Scan(complete, problems, excluded, left_out, free_ok, parsed, state)
+
+
+def _check_all(
+    lake: MarkerSource, entries: list[Entry], sizes: dict[str, int], free: list[str], workers: int, checksums: bool
+) -> tuple[list[Checked], dict[str, str | None]]:
+    """Every marker under _done/ read and verified, and why each free file is unreadable (None: it reads)."""
+    marker_paths = [e.path for e in entries if e.path.startswith("_done/") and e.path.endswith(".json")]
+
+    def load(rel: str) -> Checked:
+        try:
+            record = lake._read_marker(rel)
+        except (OSError, ValueError) as e:
+            return rel, None, [f"unreadable marker ({' '.join(str(e).split())[:160]})"]
+        return rel, record, lake.verify(record, sizes, checksums)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(load, marker_paths))
+        unreadable_free = dict(zip(free, pool.map(lambda rel: unreadable(lake.storage, rel), free)))
+    return results, unreadable_free
+
+
+def _broken(
+    results: list[Checked], sizes: dict[str, int], named_by_ok: set[str]
+) -> tuple[list[Problem], list[tuple[str, str]]]:
+    """A problem and a left-out line per marker that does not verify; repair deletes it with the files only it
+    names."""
+    problems, left_out = [], []
+    for rel, record, wrong in results:
+        if wrong:
+            own = tuple(f["path"] for f in (record or {}).get("files", []) if f["path"] not in named_by_ok)
+            own = tuple(p for p in own if p in sizes)
+            kind = "legacy" if record is not None and "files" not in record else "broken"
+            problems.append(Problem(kind, rel, "; ".join(wrong), (rel, *own)))
+            left_out.append((LEFT_OUT_BROKEN, _label(record, rel)))
+    return problems, left_out
+
+
+def _leftovers(
+    storage: Storage, entries: list[Entry], named: set[str], superseded: set[str], problems: list[Problem]
+) -> list[Problem]:
+    """Stale leases (added to problems first), temporary files of interrupted writes, and orphans: Parquet files
+    no verified marker names, outside (model, checkpoint)s a live run is writing, and not superseded by a compaction
+    (those are deleted once no reader can be using them)."""
+    live = {posixpath.dirname(lease) for lease in live_leases(storage, entries, problems)}
+    found = []
+    for e in entries:
+        head = e.path.split("/", 1)[0]
+        if is_temporary(e.path) or head == "_probe":
+            if head == "_catalog" and not stale_temporary(e):
+                continue  # any writer may be committing right now: only an old one is left over
+            if "_leases/" + "/".join(e.path.split("/")[1:3]) not in live:  # else a live run is writing it
+                found.append(Problem("temporary", e.path, "left by an interrupted write", (e.path,)))
+        elif head in TABLES_WITH_MARKERS and is_parquet(e.path) and e.path not in named:
+            key = "_leases/" + "/".join(e.path.split("/")[1:3])
+            if key not in live and e.path not in superseded:
+                found.append(Problem("orphaned", e.path, "no completion marker names it", (e.path,)))
+    return found
+
+
+def unreadable(storage: Storage, rel: str) -> str | None:
+    """Why a runs/benchmarks/attempts file cannot be read as Parquet, or None."""
+    try:
+        with storage.open_input_file(rel) as src:
+            pq.read_metadata(src)
+        return None
+    except (OSError, pa.ArrowException) as e:
+        return f"not readable Parquet ({' '.join(str(e).split())[:120]})"
+
+
+def catalog_state(lake: MarkerSource, quiet: bool = False) -> CatalogState | None:
+    """The catalogue as read now, or None (none yet, or unreadable: then every marker is read)."""
+    try:
+        return Catalog(lake.storage).load()
+    except (OSError, ValueError, pa.ArrowException) as e:
+        if not quiet:
+            log.warning("lake %s: the catalogue is unreadable (%s); reading every marker", lake.uri, e)
+        return None
+
+
+def live_leases(storage: Storage, entries: list[Entry], problems: list[Problem]) -> list[str]:
+    """The live leases listed; a stale or unreadable one is added to problems."""
+    live = []
+    for e in entries:
+        if not (e.path.startswith("_leases/") and e.path.endswith(".json")):
+            continue
+        try:
+            record, age = read_lease(storage, e.path)
+        except (OSError, ValueError, KeyError, TypeError):
+            problems.append(Problem("stale-lease", e.path, "unreadable lease", (e.path,)))
+            continue
+        if not lease_alive(record, age, LEASE_TIMEOUT_S):
+            detail = f"run {record.get('run_id')} on {record.get('host')}: no heartbeat for {age:.0f}s"
+            problems.append(Problem("stale-lease", e.path, detail, (e.path,)))
+        else:
+            live.append(e.path)
+    return live
+
+
+def view_files(lake: MarkerSource, workers: int = 16) -> ViewFiles:
+    """What the views read: the files of complete, consistent languages (from the catalogue when the lake has
+    one, checked against one listing of each table's sizes; else from every marker, verified), and the runs,
+    benchmarks and attempts files whose Parquet footer reads. What is left out is said in one line."""
+    state = catalog_state(lake)
+    if state is None:
+        scanned = scan(lake, workers)
+        complete, left_out, free = scanned.complete, scanned.left_out, scanned.free
+        bad_free = [p for p in scanned.problems if p.path.split("/", 1)[0] in FREE_TABLES]
+    else:
+        complete, left_out = _catalogued(lake, state)
+        listed = sorted(p for t in FREE_TABLES for p in lake.storage.sizes(t) if is_parquet(p))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            why = dict(zip(listed, pool.map(lambda rel: unreadable(lake.storage, rel), listed)))
+        free = {t: [p for p in listed if p.startswith(t + "/") and not why[p]] for t in FREE_TABLES}
+        bad_free = [Problem("broken", p, w, (p,)) for p, w in why.items() if w]
+    if left_out:
+        log.warning("lake %s: %s", lake.uri, summarise_left_out(left_out))
+    for p in bad_free:
+        log.warning("lake %s: skipped unreadable file %s (%s)", lake.uri, p.path, p.detail)
+    return ViewFiles.of(complete, free)
+
+
+def _catalogued(lake: MarkerSource, state: CatalogState) -> tuple[list[dict], list[tuple[str, str]]]:
+    """(complete records, left-out lines) from the catalogue, each file checked against one listing's sizes."""
+    markers = _listed_markers(lake, state)
+    sizes = {p: n for t in TABLES_WITH_MARKERS for p, n in lake.storage.sizes(t).items()}
+    ok, left_out = {}, []
+    for rel, record in markers.items():
+        files = record.get("files")
+        if isinstance(files, list) and all(sizes.get(f["path"]) == f["bytes"] for f in files):
+            ok[rel] = record
+        else:
+            left_out.append((LEFT_OUT_BROKEN, _label(record, rel)))
+    complete, _, _, more = visible(ok, done_marker)
+    return complete, left_out + more
+
+
+def _listed_markers(lake: MarkerSource, state: CatalogState) -> dict[str, dict]:
+    """The catalogue's records of the markers one listing of _done/ shows: a marker the catalogue lacks or
+    holds at another size (a writer died between the two, a marker rewritten) is read; one deleted is gone."""
+    listed = {p: n for p, n in lake.storage.sizes("_done").items() if p.endswith(".json")}
+    out, unread = {}, []
+    for path, size in listed.items():
+        record = state.markers.get(path)
+        if record is not None and state.sizes.get(path, -1) == size:
+            out[path] = record
+        else:
+            unread.append(Entry(path, size))
+    if unread:
+        out.update(lake.marker_index(listed=unread)[0])
+    return out
