@@ -4,10 +4,8 @@ traceback, because it is a bug rather than a mistake in the input."""
 from __future__ import annotations
 
 
-class NeuronxaError(ValueError):
-    """A mistake in the input or the environment that the user can fix: names the thing, the value, the remedy.
-
-    A ValueError, so callers that catch ValueError (and tests written against it) keep working."""
+class NeuronxaError(Exception):
+    """A mistake in the input or the environment that the user can fix: names the thing, the value, the remedy."""
 
 
 class Terminated(KeyboardInterrupt):

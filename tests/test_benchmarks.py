@@ -18,6 +18,7 @@ from lake_helpers import mark_complete
 from neuronxa_ray.cli import main
 from neuronxa_ray.compute.matching import match_stats
 from neuronxa_ray.downstream.results import choose_metric, parse_task, read_lm_eval
+from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake import SCHEMAS, Lake, matches_table, similarity_table
 from neuronxa_ray.query import connect
 
@@ -226,7 +227,7 @@ def test_lm_eval_files_of_several_models_and_reruns(tmp_path):
             TASKS, "org/b", revision="step1000", model_args="pretrained=org/b,revision=step1000,dtype=float16"
         ),
     )
-    with pytest.raises(ValueError, match="several models"):
+    with pytest.raises(NeuronxaError, match="several models"):
         main_raise(["import-benchmarks", str(root), "--lake", str(lake)])
     assert (
         main(
@@ -261,20 +262,20 @@ def main_raise(argv):
 
 def test_import_errors_name_the_problem(tmp_path):
     lake = str(tmp_path / "lake")
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(NeuronxaError, match="does not exist"):
         main_raise(["import-benchmarks", str(tmp_path / "missing.csv"), "--lake", lake])
     bad = _write(tmp_path / "results.json", {"config": {}})
-    with pytest.raises(ValueError, match="no 'results' object"):
+    with pytest.raises(NeuronxaError, match="no 'results' object"):
         main_raise(["import-benchmarks", str(bad), "--lake", lake])
     english = _write(tmp_path / "en" / "results.json", lm_eval_results({"arc_easy": TASKS["arc_easy"]}))
-    with pytest.raises(ValueError, match="no per-language task"):
+    with pytest.raises(NeuronxaError, match="no per-language task"):
         main_raise(["import-benchmarks", str(english), "--lake", lake])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no lm-evaluation-harness result files"):
+    with pytest.raises(NeuronxaError, match="no lm-evaluation-harness result files"):
         main_raise(["import-benchmarks", str(tmp_path / "empty"), "--lake", lake])
     csv = tmp_path / "b.csv"
     csv.write_text("benchmark,lang,value\nxnli,fra,0.4\n")
-    with pytest.raises(ValueError, match="--metric applies"):
+    with pytest.raises(NeuronxaError, match="--metric applies"):
         main_raise(["import-benchmarks", str(csv), "--lake", lake, "--metric", "acc"])
     assert main(["import-benchmarks", str(csv), "--lake", lake, "--model", "m1"]) == 0
     row = pq.read_table(tmp_path / "lake" / "benchmarks" / "b.parquet").to_pylist()[0]

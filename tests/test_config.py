@@ -1,6 +1,7 @@
 import pytest
 
 from neuronxa_ray.config import job_from_dict, load_job
+from neuronxa_ray.errors import NeuronxaError
 
 
 def test_minimal_job_and_defaults():
@@ -49,17 +50,17 @@ def test_overrides_win_and_checkpoints_resolve(tmp_path):
     ],
 )
 def test_bad_fields_are_named_with_value(raw, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(NeuronxaError, match=message):
         job_from_dict(raw, source="job.yaml")
 
 
 def test_load_job_errors_name_the_file(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(NeuronxaError, match="does not exist"):
         load_job(tmp_path / "missing.yaml")
     f = tmp_path / "bad.yaml"
     f.write_text("model: [unclosed\n")
-    with pytest.raises(ValueError, match=r"bad\.yaml: not valid YAML"):
+    with pytest.raises(NeuronxaError, match=r"bad\.yaml: not valid YAML"):
         load_job(f)
     f.write_text("model: m\ndata: d\nbatch_size: -1\n")
-    with pytest.raises(ValueError, match=r"bad\.yaml: field 'batch_size' = -1"):
+    with pytest.raises(NeuronxaError, match=r"bad\.yaml: field 'batch_size' = -1"):
         load_job(f)

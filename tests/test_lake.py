@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from neuronxa_ray.cli import main
+from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake import (
     METADATA_KEY,
     SCHEMA_VERSION,
@@ -215,9 +216,9 @@ def test_schema_1_lake_is_rejected(tmp_path):
     old = tmp_path / "_done" / "model=m" / "checkpoint=c" / "pivot=eng"
     old.mkdir(parents=True)
     (old / "lang=fra.json").write_text(json.dumps({"fingerprint": "x"}))
-    with pytest.raises(ValueError, match=r"schema 1 .*rerun into a new lake"):
+    with pytest.raises(NeuronxaError, match=r"schema 1 .*rerun into a new lake"):
         connect(tmp_path)
-    with pytest.raises(ValueError, match="schema 1"):
+    with pytest.raises(NeuronxaError, match="schema 1"):
         Lake(tmp_path).check_writable()
 
 
@@ -247,7 +248,7 @@ def test_lake_check_lists_and_repairs_exactly_the_broken(tmp_path, capsys):
 
 def test_check_writable_names_the_lake_and_cause(tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(ValueError, match=r"lake .*file.* is a file"):
+    with pytest.raises(NeuronxaError, match=r"lake .*file.* is a file"):
         Lake(tmp_path / "file" / "lake").check_writable()
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -255,7 +256,7 @@ def test_check_writable_names_the_lake_and_cause(tmp_path):
     import os
 
     if os.geteuid() != 0:  # root writes anywhere
-        with pytest.raises(ValueError, match="not writable"):
+        with pytest.raises(NeuronxaError, match="not writable"):
             Lake(ro / "lake").check_writable()
 
 
@@ -263,7 +264,7 @@ def test_leases_refuse_other_settings_and_take_over_stale(tmp_path):
     lake = Lake(tmp_path)
     a = lake.acquire("m", "c", "A", "run-a")
     b = lake.acquire("m", "c", "A", "run-b")  # same settings: both may write (identical bytes)
-    with pytest.raises(ValueError, match="run-a"):
+    with pytest.raises(NeuronxaError, match="run-a"):
         lake.acquire("m", "c", "B", "run-c")
     lake.acquire("m", "other", "B", "run-d").release()  # another checkpoint is free
     a.release()
@@ -352,7 +353,7 @@ def test_matches_round_trip_with_nulls(tmp_path):
         if not np.isnan(d):
             assert row["diagonal"] == d and row["row_rank"] == stats["row_rank"][layer, i] >= 1
         assert row["row_hit"] == stats["row_hit"][layer, i] and row["column_hit"] == stats["column_hit"][layer, i]
-    with pytest.raises(ValueError, match="per pivot and language"):
+    with pytest.raises(NeuronxaError, match="per pivot and language"):
         lake.language_file("matches", "m", "c", "fra")
 
 

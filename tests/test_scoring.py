@@ -9,6 +9,7 @@ from reference import column_hits, cosine_matrix, mutual_nn_score, retrieval_acc
 from tiny_models import TEXTS, save_tiny
 
 from neuronxa_ray.compute.matching import match_stats
+from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.execution.pairs import compute_pairs
 from neuronxa_ray.lake import Lake, states_table
 from neuronxa_ray.query import connect
@@ -66,7 +67,7 @@ def test_match_stats_equal_the_float64_reference(seed):
 
 
 def test_match_stats_rejects_non_square():
-    with pytest.raises(ValueError, match="layers, n, n"):
+    with pytest.raises(NeuronxaError, match="layers, n, n"):
         match_stats(torch.zeros(2, 3, 4, dtype=torch.float64))
 
 
@@ -137,9 +138,9 @@ def test_compute_pairs_matches_the_reference_for_every_pair(states_lake, tmp_pat
 
 def test_compute_pairs_validates_pivots(states_lake):
     root, _ = states_lake
-    with pytest.raises(ValueError, match="not among the languages"):
+    with pytest.raises(NeuronxaError, match="not among the languages"):
         compute_pairs(Lake(root), MODEL, CKPT, LANGS, ["xyz"])
-    with pytest.raises(ValueError, match=r"\['swh'\] .* have no stored states"):
+    with pytest.raises(NeuronxaError, match=r"\['swh'\] .* have no stored states"):
         compute_pairs(Lake(root), MODEL, CKPT, [*LANGS, "swh"], ["eng"])
 
 

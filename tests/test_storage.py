@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake import Lake
 from neuronxa_ray.lake.storage import Storage
 
@@ -26,7 +27,7 @@ def test_uris_keep_their_scheme_and_bucket():
 @pytest.mark.parametrize("root", ["ftp://host/lake", "hdfs2://x/y", "S4://b/p"])
 def test_unknown_scheme_is_one_line_naming_lake_and_allowed(root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(NeuronxaError) as e:
         Lake(root)
     msg = str(e.value)
     assert "\n" not in msg and root in msg and "s3://" in msg and "gs://" in msg
@@ -34,7 +35,7 @@ def test_unknown_scheme_is_one_line_naming_lake_and_allowed(root, tmp_path, monk
 
 
 def test_s3_without_bucket_is_refused():
-    with pytest.raises(ValueError, match="no bucket"):
+    with pytest.raises(NeuronxaError, match="no bucket"):
         Lake("s3:///prefix")
 
 

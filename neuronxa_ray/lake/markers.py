@@ -98,6 +98,11 @@ def marker_problem(record: object) -> str | None:
     return None
 
 
+class BadMarker(NeuronxaError, ValueError):
+    """A marker that is JSON but not a valid marker (or lies at another language's path). A ValueError, as unreadable
+    JSON is: readers treat both alike (the language is redone; `lake check` reports it)."""
+
+
 def pair_fingerprint(fp_pivot: str, fp_lang: str) -> str:
     """The fingerprint of a pair computed from two languages' stored states: both languages' fingerprints, so the
     pair is stale as soon as either language is recomputed."""
@@ -137,15 +142,15 @@ def marker_record(
 
 
 def read_marker(storage: Storage, rel: str) -> dict:
-    """The marker's record, validated (NeuronxaError, a ValueError, when it is JSON but not a marker)."""
+    """The marker's record, validated (BadMarker when it is JSON but not a marker)."""
     record = json.loads(storage.read_bytes(rel))
     wrong = marker_problem(record)
     if wrong:
-        raise NeuronxaError(wrong)
+        raise BadMarker(wrong)
     if "files" in record and rel != done_marker(
         record["model"], record["checkpoint"], record["pivot_lang"], record["lang"]
     ):
-        raise NeuronxaError(
+        raise BadMarker(
             f"the marker of {record['model']} @ {record['checkpoint']}, pivot {record['pivot_lang']}, "
             f"{record['lang']} lies at another language's path"
         )

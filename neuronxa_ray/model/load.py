@@ -49,7 +49,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         "float64": torch.float64,
     }
     if dtype not in allowed:
-        raise ValueError(f"dtype {dtype!r} is not one of {['auto', *allowed]}")
+        raise NeuronxaError(f"dtype {dtype!r} is not one of {['auto', *allowed]}")
     return allowed[dtype]
 
 
@@ -59,7 +59,7 @@ def _get_submodule(root: nn.Module, dotted: str, what: str) -> nn.Module:
     except AttributeError as e:
         names = [n for n, _ in root.named_modules() if n]
         hint = difflib.get_close_matches(dotted, names, n=3)
-        raise ValueError(
+        raise NeuronxaError(
             f"{what} {dotted!r} not found; did you mean {hint}?" if hint else f"{what} {dotted!r} not found"
         ) from e
 
@@ -73,16 +73,16 @@ def find_blocks(model: nn.Module, layers_module: str | None = None) -> list[nn.M
     for _, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == n_layers:
             return list(module)
-    raise ValueError(f"no ModuleList of {n_layers} blocks found; name it with layers_module in the job file")
+    raise NeuronxaError(f"no ModuleList of {n_layers} blocks found; name it with layers_module in the job file")
 
 
 def hook_modules_for(blocks: list[nn.Module], site: FFNSite, hook_site: str) -> list[nn.Module]:
     if hook_site not in HOOK_SITES:
-        raise ValueError(f"hook_site {hook_site!r} is not one of {list(HOOK_SITES)}")
+        raise NeuronxaError(f"hook_site {hook_site!r} is not one of {list(HOOK_SITES)}")
     name = site.act if hook_site == "act" else site.down_proj
     modules = [_get_submodule(block, name, "FFN module") for block in blocks]
     if len({id(m) for m in modules}) != len(modules):
-        raise ValueError(f"FFN module {name!r} is shared between blocks; hook a per-block module instead")
+        raise NeuronxaError(f"FFN module {name!r} is shared between blocks; hook a per-block module instead")
     return modules
 
 
