@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -121,6 +122,34 @@ def runs_row(plan: CheckpointPlan, run_id, results, started, n_actors, startup_s
         "transformers_version": transformers.__version__,
         "config_json": config_json(plan),
     }
+
+
+class Progress:
+    """A bar on a terminal (settled units over all), else a log line per computed unit."""
+
+    def __init__(self, total: int, enabled: bool | None) -> None:
+        from tqdm.auto import tqdm
+
+        if enabled is None:
+            enabled = sys.stderr.isatty() and not os.environ.get("CI")
+        self.total, self.finished = total, 0
+        self.bar = tqdm(total=total, unit="lang", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
+
+    def computed(self, plan: CheckpointPlan, unit: Unit, result, node: str) -> None:
+        self.finished += 1
+        self.bar.set_postfix_str(f"{unit.lang} @ {plan.checkpoint.name}", refresh=False)
+        if self.bar.disable:
+            log.info(
+                "[%d/%d] %s %s: %d sentences, %d tokens in %.1fs on %s (attempt %d)",
+                *(self.finished, self.total, plan.label, unit.lang, result.n_sentences, result.n_tokens),
+                *(result.extract_s, node, unit.attempts),
+            )
+
+    def settled(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def code_version() -> str:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import sys
 from typing import Any
 
-from neuronxa_ray.execution.bookkeeping import AttemptLog
+from neuronxa_ray.execution.bookkeeping import AttemptLog, Progress
 from neuronxa_ray.execution.dispatch import Dispatcher
 from neuronxa_ray.execution.lakes import LakeWatch
 from neuronxa_ray.execution.leases import RunLeases
@@ -40,8 +38,7 @@ class Scheduler:
         self.leases = RunLeases(plans, self.lakes, run_id, self.watch)
         self.attempts = AttemptLog(run_id, self.watch.answers)
         self.dispatch = Dispatcher(pool, plans, self.lakes, self.q, {}, run_id)
-        self.bar = _progress(len(self.units), progress)
-        self.finished = 0
+        self.progress = Progress(len(self.units), progress)
 
     def run(self) -> None:
         try:
@@ -63,7 +60,7 @@ class Scheduler:
                 self.attempts.flush(force=False)
                 self.leases.renew_due()
         finally:
-            self.bar.close()
+            self.progress.close()
             self.attempts.flush(force=True)
 
     def _stalled(self) -> None:
@@ -128,15 +125,7 @@ class Scheduler:
         slot.unconfirmed.append(unit)
         if unit.lang == self.plans[unit.plan].pivot:  # its languages may run now, here and on other actors
             self.q.pivot_ready[unit.plan] = self.dispatch.states_refs.pop(unit.plan, None)
-        self.finished += 1
-        label = self.plans[unit.plan].label
-        self.bar.set_postfix_str(f"{unit.lang} @ {self.plans[unit.plan].checkpoint.name}", refresh=False)
-        if self.bar.disable:
-            log.info(
-                "[%d/%d] %s %s: %d sentences, %d tokens in %.1fs on %s (attempt %d)",
-                *(self.finished, len(self.units), label, unit.lang, result.n_sentences, result.n_tokens),
-                *(result.extract_s, slot.node, unit.attempts),
-            )
+        self.progress.computed(self.plans[unit.plan], unit, result, slot.node)
 
     def _confirm(self, slot: Slot, outcomes: list[WriteOutcome]) -> None:
         for outcome in outcomes:
@@ -158,7 +147,7 @@ class Scheduler:
     def _done(self, unit: Unit, finished_at: float | None = None) -> None:
         unit.status = "done"
         self._record(unit, "ok", None, finished_at=finished_at)
-        self.bar.update(1)
+        self.progress.settled()
 
     def _unit_error(self, unit: Unit, message: str) -> None:
         """The unit's own error (bad data, a model error): it fails alone, and a failed pivot fails its checkpoint."""
@@ -233,7 +222,7 @@ class Scheduler:
         if record:
             self._record(unit, "failed", message, finished_only=unit.started is None)
         unit.status, unit.error = "failed", message
-        self.bar.update(1)
+        self.progress.settled()
 
     def _release_finished_plans(self) -> None:
         """A checkpoint whose units are all settled no longer needs its pivot's states in the object store."""
@@ -247,11 +236,3 @@ class Scheduler:
             for u in self.units
             if u.status == "failed"
         ]
-
-
-def _progress(total: int, enabled: bool | None):
-    from tqdm.auto import tqdm
-
-    if enabled is None:
-        enabled = sys.stderr.isatty() and not os.environ.get("CI")
-    return tqdm(total=total, unit="lang", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
