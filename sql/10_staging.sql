@@ -1,7 +1,7 @@
 -- Staging: one row per cell of every stored cosine matrix, and the same cells recomputed from stored states.
 -- Answers: "what is C[i, j] for this model, checkpoint, pivot, language, method and layer?"
 -- Raw views (sentence_states, neuron_counts, similarity, runs, benchmarks) are created over the lake's Parquet
--- files by neuronxa_ray/sql.py before this file runs. NaN (a zero or NaN state) becomes NULL: it never wins.
+-- files by neuronxa_ray/query/connect.py before this file runs. NaN (a zero or NaN state) becomes NULL: it never wins.
 
 CREATE OR REPLACE VIEW similarity_cells AS
 WITH cells AS (

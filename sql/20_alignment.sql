@@ -4,7 +4,7 @@
 -- Ties are misses; a NULL (zero or NaN state) diagonal never hits, a NULL rival never wins.
 --
 -- The scores read `matches`: per (pivot, lang, method, layer, sentence i) the diagonal, the best rivals, the
--- hit decisions and the partner's ranks, computed from C on the device (neuronxa_ray/scoring.py), O(n) rows per
+-- hit decisions and the partner's ranks, computed from C on the device (neuronxa_ray/compute/matching.py), O(n) rows per
 -- layer. The cell-based path (O(n^2) cells of `similarity` or of state pairs) stays for ad-hoc checks:
 -- `mutual_nn_from_cells`, `alignment_from_cells`, `alignment_from_states` make the same decisions.
 -- Each view's grain (its unique key) is stated above it.

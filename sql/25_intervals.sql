@@ -5,7 +5,7 @@
 -- over the same n sentences, and one sentence's layers are dependent: the bootstrap resamples whole sentences,
 -- all their layers at once. Per sentence, `sentence_hits` counts its hits over the layers; the score is
 -- sum(hits) / (n x layers) and each resample's score the same sum over n sentences drawn with replacement.
--- sentence_bootstrap / paired_bootstrap (neuronxa_ray/intervals.py) draw the sentence positions with
+-- sentence_bootstrap / paired_bootstrap (neuronxa_ray/query/intervals.py) draw the sentence positions with
 -- numpy.random.default_rng(seed).integers(0, n, size=(resamples, n)): deterministic for a seed, and the same
 -- draws for every score over n sentences, so languages and checkpoints over the same sentences are resampled
 -- together (paired). Intervals are percentile intervals at `level`; every row states level, resamples and seed.

@@ -2,11 +2,11 @@
 -- Answers: "does this alignment score predict benchmark performance across languages?" (correlation) and "does
 -- it move with benchmark performance across the training checkpoints of one model?" (correlation_over_training).
 -- Benchmarks come from `neuronxa-ray import-benchmarks` (benchmark, lang, value; model/checkpoint NULL = any).
--- Languages meet on canonical codes (canonical_lang(), neuronxa_ray/languages.py): a benchmark for `zh` meets
+-- Languages meet on canonical codes (canonical_lang(), neuronxa_ray/corpus/languages.py): a benchmark for `zh` meets
 -- scores stored as `cmn` or `zho_Hans`. The function runs at query time on both sides, so lakes and benchmark
 -- files written before the lang_canonical column existed join the same way.
 -- Statistics equal scipy.stats: Pearson = pearsonr, Spearman = spearmanr (Pearson on average ranks, ties share
--- their mean rank); p-values are two-sided (pearson_pvalue / spearman_pvalue, neuronxa_ray/stats.py); the 95%
+-- their mean rank); p-values are two-sided (pearson_pvalue / spearman_pvalue, neuronxa_ray/query/stats.py); the 95%
 -- intervals are Fisher-z (PearsonRResult.confidence_interval(); for Spearman the same interval on the ranks).
 
 -- benchmark_pairs: one (alignment score, benchmark value) point per model, checkpoint, method, pivot, benchmark

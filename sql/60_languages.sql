@@ -1,7 +1,7 @@
 -- Languages in the lake, with the canonical code they are matched on.
 -- Answers: "which languages does the lake hold, under which codes, and which of them count as the same
 -- language?" lang is the code as the data wrote it (from data file names or benchmark files); lang_canonical is
--- canonical_lang(lang) (neuronxa_ray/languages.py: macrolanguage, no region, script only when unusual); name is
+-- canonical_lang(lang) (neuronxa_ray/corpus/languages.py: macrolanguage, no region, script only when unusual); name is
 -- the language's English name. Computed at query time, so it never needs rewriting when the lake grows.
 
 CREATE OR REPLACE VIEW languages AS

@@ -147,7 +147,7 @@ def _acquire(uri: str, fp: str, run_id: str, env: dict, queue) -> None:
     try:
         Lake(uri).acquire("m", "c", fp, run_id)
         queue.put(("ok", run_id))
-    except ValueError as e:
+    except NeuronxaError as e:
         queue.put(("refused", str(e)))
 
 

@@ -104,7 +104,7 @@ class JobConfig:
     num_actors: int | None = None  # default: one per GPU, else 1
     gpus_per_actor: int = 1  # a model that needs k GPUs is spread over them with device_map
     state_dtype: str = field(default="float16", metadata=FINGERPRINT)  # the pivot's are stored as float32
-    store_states: bool | str = "auto"  # auto: stored while a checkpoint's states stay small (planning.py)
+    store_states: bool | str = "auto"  # auto: stored while a checkpoint's states stay small (planning.tables)
     max_attempts: int = 3  # a unit whose actor or node dies is retried elsewhere up to this many times
     placement_timeout_s: float = 60.0  # actors not placed by then: an error naming what was asked and what exists
     store_similarity: bool = False  # also the O(n^2) cosine matrices; scores read `matches` (O(n)) either way

@@ -54,7 +54,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ],
     ),
     # One row per (method, layer, sentence i) of a pivot/language pair: what the scores need from C, O(n) per
-    # layer (see scoring.py). NULL diagonal: a zero/NaN state; NULL rival: no non-NaN rival; NULL rank: NULL diagonal.
+    # layer (compute.matching). NULL diagonal: a zero/NaN state; NULL rival: no non-NaN rival; NULL rank: NULL diagonal.
     "matches": _schema(
         "matches",
         [
