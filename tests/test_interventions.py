@@ -244,19 +244,37 @@ def test_sentence_nll_and_perplexity_aggregate_exactly():
     assert one[0].tolist() == [0.0] and one[1].tolist() == [0]
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
-def test_load_lm_head_for_a_saved_checkpoint(arch, tmp_path):
-    """Tied (gemma3_text): the base model's own embedding matrix. Untied (llama): the checkpoint's lm_head."""
+@pytest.mark.parametrize(
+    ("arch", "shard", "path"),
+    [
+        ("gemma3_text", None, "tied"),
+        ("llama", None, "safetensors"),
+        ("llama", "30KB", "safetensors"),
+        ("llama", None, "causal_lm"),
+    ],
+)
+def test_load_lm_head_for_a_saved_checkpoint(arch, shard, path, tmp_path, monkeypatch):
+    """Tied (gemma3_text): the base model's own embedding matrix. Untied (llama): the head's own tensors from the
+    checkpoint's safetensors, one file or shards with an index; where they cannot be found, the whole causal LM."""
+    from neuronxa_ray.compute import interventions
     from neuronxa_ray.model.load import load_model
 
     causal, plain = make_causal(arch, torch.float32, seed=3)
-    causal.save_pretrained(tmp_path)
+    causal.save_pretrained(tmp_path, **({"max_shard_size": shard} if shard else {}))
     make_tokenizer().save_pretrained(tmp_path)
-    lm = load_model(ModelSpec(model=str(tmp_path), dtype="float32", device="cpu"))
-    head = load_lm_head(lm, ModelSpec(model=str(tmp_path), dtype="float32", device="cpu"))
+    assert (tmp_path / "model.safetensors.index.json").exists() == bool(shard)
+    whole_model, calls = interventions._head_from_causal_lm, []
+    if path == "causal_lm":
+        monkeypatch.setattr(interventions, "_checkpoint_tensors", lambda *a: None)
+        monkeypatch.setattr(interventions, "_head_from_causal_lm", lambda *a: calls.append(a) or whole_model(*a))
+    else:
+        monkeypatch.setattr(interventions, "_head_from_causal_lm", lambda *a: pytest.fail("loaded the whole LM"))
+    spec = ModelSpec(model=str(tmp_path), dtype="float32", device="cpu")
+    lm = load_model(spec)
+    head = load_lm_head(lm, spec)
     assert torch.equal(head.weight, causal.get_output_embeddings().weight)
-    tied = head.weight is lm.model.get_input_embeddings().weight
-    assert tied == (arch == "gemma3_text")
+    assert (head.weight is lm.model.get_input_embeddings().weight) == (path == "tied")
+    assert len(calls) == (path == "causal_lm")
     with lape_zeroing(plain.hook_modules, some_neurons(lm)):
         ref, _ = plain_nll(causal, lm.tokenizer, TEXTS["eng"])
     rec = NLLRecorder(head, 6)

@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.model.load import LoadedModel
+
+log = logging.getLogger(__name__)
 
 MAX_LOGITS = 1 << 24  # logits held at once per chunk (64 MiB in float32): 64 positions of a 262k vocabulary
 
@@ -185,24 +190,80 @@ class LMHead:
 
 
 def load_lm_head(lm: LoadedModel, spec) -> LMHead:
-    """The LM head of a loaded base model, with no second forward pass: where the checkpoint ties its output layer
-    to the input embeddings (Gemma, most small models), the base model's embedding matrix itself (nothing loaded);
-    otherwise the checkpoint's causal-LM head, loaded once on the host (the full causal LM is built there and all
-    but its head dropped) and moved to the model's device. `spec` is the ModelSpec the base model was loaded from."""
+    """The LM head of a loaded base model, with no second forward pass. Where the checkpoint ties its output layer
+    to the input embeddings (Gemma, most small models): the base model's embedding matrix itself, nothing loaded.
+    Otherwise the output layer's own tensors, read from the checkpoint's safetensors (an 8B Llama's 1 GB head,
+    not its 16 GB); where they cannot be found there, the checkpoint's causal LM is built once on the host and all
+    but its head dropped. `spec` is the ModelSpec the base model was loaded from."""
     config = lm.model.config
     if getattr(config, "tie_word_embeddings", False) and lm.model.get_input_embeddings() is not None:
         return LMHead.from_module(lm.model.get_input_embeddings(), config)
-    from transformers import AutoModelForCausalLM
-
-    from neuronxa_ray.model.gguf import quiet_progress
     from neuronxa_ray.model.load import _pretrained_source
 
     source, kwargs = _pretrained_source(spec)
+    head = _head_from_safetensors(source, kwargs, config, lm.dtype)
+    if head is None:
+        head = _head_from_causal_lm(source, kwargs, lm.dtype)
+    return LMHead.from_module(head.to(lm.device).requires_grad_(False), config)
+
+
+def _head_from_causal_lm(source: str, kwargs: dict, dtype: torch.dtype) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    from neuronxa_ray.model.gguf import quiet_progress
+
+    log.info("LM head: loading the whole causal LM from %s to keep its output layer", source)
     with quiet_progress():
-        causal = AutoModelForCausalLM.from_pretrained(source, dtype=lm.dtype, **kwargs)
-    head = causal.get_output_embeddings().to(lm.device)
-    del causal
-    return LMHead.from_module(head, config)
+        causal = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    return causal.get_output_embeddings()
+
+
+def _head_from_safetensors(source: str, kwargs: dict, config, dtype: torch.dtype) -> nn.Module | None:
+    """The causal LM's output layer with only its own tensors read from the checkpoint; None where it has none."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):  # the module tree and names only: no memory, no initialisation
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=kwargs.get("trust_remote_code", False))
+    head = skeleton.get_output_embeddings()
+    prefix = next((name for name, module in skeleton.named_modules() if module is head), None)
+    if head is None or prefix is None:
+        return None
+    names = {p: f"{prefix}.{p}" for p, _ in head.named_parameters()}  # "weight" -> "lm_head.weight"
+    tensors = _checkpoint_tensors(source, kwargs.get("revision"), set(names.values()))
+    if tensors is None:
+        return None
+    head = head.to_empty(device="cpu").to(dtype)
+    with torch.no_grad():
+        for name, param in head.named_parameters():
+            param.copy_(tensors[names[name]])
+    return head
+
+
+def _checkpoint_tensors(source: str, revision: str | None, names: set[str]) -> dict[str, torch.Tensor] | None:
+    """The named tensors from a checkpoint's safetensors (one file or an index of shards); None where any is missing."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    def find(filename: str) -> str | None:
+        return cached_file(source, filename, revision=revision, _raise_exceptions_for_missing_entries=False)
+
+    index = find("model.safetensors.index.json")
+    if index is not None:
+        weight_map = json.loads(Path(index).read_text())["weight_map"]
+        if not names <= weight_map.keys():
+            return None
+        files = {name: find(weight_map[name]) for name in names}
+    else:
+        files = dict.fromkeys(names, find("model.safetensors"))
+    tensors = {}
+    for name, file in files.items():
+        if file is None:
+            return None
+        with safe_open(file, "pt") as f:
+            if name not in f.keys():  # noqa: SIM118 (a safetensors file, not a dict)
+                return None
+            tensors[name] = f.get_tensor(name)
+    return tensors
 
 
 def sentence_nll(
