@@ -203,6 +203,9 @@ def test_a_neuron_beyond_the_layer_is_a_clear_error():
         StateExtractor(lm).extract(TEXTS["eng"][:1])
     with pytest.raises(NeuronxaError, match="3 layers, the model 2"), zeroed(lm, NeuronSet.empty(3)):
         pass
+    with pytest.raises(NeuronxaError, match="neuron -1 of layer 0"), zeroed(lm, NeuronSet([[-1], []])):
+        pass
+    assert all(not m._forward_hooks for m in lm.hook_modules)
 
 
 def test_random_like_keeps_counts_and_is_deterministic_per_seed():

@@ -108,6 +108,8 @@ def _zeroing_hooks(idx: torch.Tensor, layer: int):
     """A forward hook (site "act") and a forward pre-hook (site "down_proj_input") zeroing idx on the last axis."""
     on_device: dict[torch.device, torch.Tensor] = {}
     top = int(idx.max())
+    if int(idx.min()) < 0:
+        raise NeuronxaError(f"neuron {int(idx.min())} of layer {layer} asked to be zeroed: indices start at 0")
 
     def zero(act: torch.Tensor) -> torch.Tensor:
         if top >= act.shape[-1]:
