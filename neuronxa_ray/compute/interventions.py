@@ -132,7 +132,7 @@ def _zeroing_hooks(idx: torch.Tensor, layer: int):
 
 @contextlib.contextmanager
 def zeroed(lm: LoadedModel, neurons: NeuronSet) -> Iterator[None]:
-    """Within the block, the neurons' FFN activation is 0 at the model's hook site. The hooks are prepended, so they
+    """Inside the `with`, the neurons' FFN activation is 0 at the model's hook site. The hooks are prepended, so they
     run before any hook on the same modules (the extractor's) whichever context was entered first: the states then
     see the zeroed activation. Removed in `finally`."""
     if neurons.n_layers != len(lm.hook_modules):
