@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,8 @@ from neuronxa_ray.compute.reduction import accumulation_dtype, ffn_sums, pooled_
 from neuronxa_ray.model.load import LoadedModel, tokenize
 
 log = logging.getLogger(__name__)
+
+BatchCallback = Callable[[list[int], torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]], None]
 
 
 @dataclass
@@ -167,15 +170,17 @@ class StateExtractor:
         pad_id = self.lm.tokenizer.pad_token_id if self.lm.tokenizer is not None else 0  # masked: any id will do
         return pad_batch(ids, pad_id, self.padding_side)
 
-    def extract(self, texts: list[str]) -> LanguageStates:
+    def extract(self, texts: list[str], on_batch: BatchCallback | None = None) -> LanguageStates:
         """Run all sentences (batched, longest first) and return their states in input order."""
         if not texts:
             raise ValueError("no sentences to extract")
-        return self.extract_ids(self.tokenize(texts))
+        return self.extract_ids(self.tokenize(texts), on_batch)
 
     @torch.inference_mode()
-    def extract_ids(self, ids: list[list[int]]) -> LanguageStates:
-        """The same for already tokenized sentences (token ids, special tokens included)."""
+    def extract_ids(self, ids: list[list[int]], on_batch: BatchCallback | None = None) -> LanguageStates:
+        """The same for already tokenized sentences (token ids, special tokens included). on_batch, if given, is
+        called after each batch's forward pass with (rows, input_ids, attention_mask, hidden_states): the batch's
+        sentence indices, its padded [batch, seq] ids and mask on the device, and the model's hidden states."""
         if not ids:
             raise ValueError("no sentences to extract")
         empty = [i for i, x in enumerate(ids) if not x]
@@ -187,12 +192,12 @@ class StateExtractor:
         batches = plan_batches([len(x) for x in ids], self.batch_size, self.batch_tokens)
         with self.hooks():
             for rows in batches:
-                out = self._run_batch(ids, rows, out, n, n_layers, dev)
+                out = self._run_batch(ids, rows, out, n, n_layers, dev, on_batch)
         out.n_tokens = sum(len(x) for x in ids)
         out.token_counts = [len(x) for x in ids]
         return out
 
-    def _run_batch(self, ids, rows, out, n, n_layers, dev) -> LanguageStates:
+    def _run_batch(self, ids, rows, out, n, n_layers, dev, on_batch=None) -> LanguageStates:
         """One padded batch through the hooked model: FFN sums by the hooks, hidden states pooled after."""
         input_ids, mask = self._pad([ids[i] for i in rows])
         input_ids, mask = input_ids.to(dev), mask.to(dev)
@@ -220,6 +225,8 @@ class StateExtractor:
         finally:
             self._ctx, self._out = None, None
         self._pool_hidden(out, result.hidden_states, weights, mask, rows, left_padded)
+        if on_batch is not None:
+            on_batch(rows, input_ids, mask, result.hidden_states)
         return out
 
     @staticmethod
