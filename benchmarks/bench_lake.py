@@ -75,9 +75,11 @@ def main(lake: Path, langs: list[str], n: int) -> list[dict]:
         print(f"    {t:<16} {b / 1e9:8.1f} GB")
     print(f"    {'total':<16} {sum(m['projection_7b'].values()) / 1e9:8.1f} GB")
 
-    # float16 states: the same languages again, stored as float16
-    f16 = Path(tempfile.mkdtemp(prefix="bench-lake16-"))
+    # float16 states (the default) against float32: the same languages stored both ways, side by side
+    f32, f16 = (Path(tempfile.mkdtemp(prefix=f"bench-lake{bits}-")) for bits in (32, 16))
+    run_pipeline(f32, langs, n, state_dtype="float32")
     run_pipeline(f16, langs, n, state_dtype="float16")
+    lake = f32
     b32, b16 = _bytes(lake, "sentence_states", langs), _bytes(f16, "sentence_states", langs)
     pivot, others = langs[0], langs[1:]
     q = """SELECT method, lang, layer, score FROM alignment_from_states WHERE pivot_lang = ? ORDER BY ALL"""

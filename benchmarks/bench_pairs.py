@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "languages": langs,
             "n_sentences": args.n,
             "lake": str(lake),
+            "state_dtype": "float32",  # stored as computed: the device's matches are then recomputed exactly
         }
     )
     t0 = time.perf_counter()

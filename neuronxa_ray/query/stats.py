@@ -19,7 +19,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import special
+
+
+def _special():
+    """scipy.special on first use: importing it costs a quarter of a second, which every CLI call would pay."""
+    from scipy import special
+
+    return special
 
 
 def _clip(r: float) -> float:
@@ -34,7 +40,7 @@ def pearson_pvalue(r: float | None, n: int | None) -> float | None:
         return 1.0
     r = _clip(r)
     ab = n / 2 - 1
-    p = 2 * special.betaincc(ab, ab, (abs(r) - (-1)) / 2)
+    p = 2 * _special().betaincc(ab, ab, (abs(r) - (-1)) / 2)
     return float(p)
 
 
@@ -46,7 +52,7 @@ def spearman_pvalue(rho: float | None, n: int | None) -> float | None:
     dof = np.float64(n - 2)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = rho * np.sqrt(np.clip(dof / ((rho + 1.0) * (1.0 - rho)), 0, None))
-        p = 2 * special.stdtr(dof, -np.abs(t))
+        p = 2 * _special().stdtr(dof, -np.abs(t))
     return None if np.isnan(p) else float(p)
 
 
@@ -61,7 +67,7 @@ def _fisher(r: float | None, n: int | None, confidence: float | None, sign: int)
     with np.errstate(divide="ignore", invalid="ignore"):
         zr = np.arctanh(r)
         se = np.sqrt(1 / (np.float64(n) - 3))
-        h = special.ndtri(0.5 + np.float64(confidence) / 2)
+        h = _special().ndtri(0.5 + np.float64(confidence) / 2)
         bound = np.tanh(zr + sign * h * se)
     return None if np.isnan(bound) else float(bound)
 
