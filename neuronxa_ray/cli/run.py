@@ -65,9 +65,13 @@ def cmd_run(args) -> int:
     else:
         print("nothing to do: every language is already in the lake", file=sys.stderr)
     if not args.no_scores:
+        from neuronxa_ray.lake import Lake
         from neuronxa_ray.query import connect
 
         for job in jobs:
+            if Lake(job.lake).uri in report.lakes_down:  # reading it would wait out its client's retries
+                print(f"scores not shown: lake {job.lake} stopped answering during the run", file=sys.stderr)
+                continue
             try:
                 print_scores(connect(job.lake), model=job.model_name, pivot=job.pivot)
             except Exception as e:  # e.g. the lake stopped answering: the failed units below are what matters

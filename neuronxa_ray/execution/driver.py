@@ -59,7 +59,8 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
     runs = record_runs(scheduler, run_id, started, startup_s, time.perf_counter() - t_start)
     failed = scheduler.failed_units()
     failed += compute_all_pairs(all_plans, failed)
-    return RunReport(run_id, runs, failed, len(scheduler.units), loads, time.perf_counter() - t_start)
+    wall = time.perf_counter() - t_start
+    return RunReport(run_id, runs, failed, len(scheduler.units), loads, wall, scheduler.watch.down())
 
 
 def prepare(plans: list[CheckpointPlan]) -> Future:

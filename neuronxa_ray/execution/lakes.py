@@ -83,13 +83,18 @@ class LakeWatch:
         return gone
 
     def answers(self, lake: Lake, probe_now: bool = True) -> bool:
-        """Whether bookkeeping should write to the lake: no outage known, or (probe_now) it answers again."""
+        """Whether bookkeeping should write to the lake: no outage known, or (probe_now) it answers again. A lake
+        given up on is not probed again: its probe would wait out the client's own retries for nothing."""
         if lake.uri not in self.outages:
             return True
-        if probe_now and probe(lake) is None:
+        if probe_now and not self.outages[lake.uri].given_up and probe(lake) is None:
             del self.outages[lake.uri]
             return True
         return False
+
+    def down(self) -> list[str]:
+        """The lakes given up on: they did not answer for LAKE_OUTAGE_S."""
+        return sorted(uri for uri, outage in self.outages.items() if outage.given_up)
 
     def pause(self) -> bool:
         """Nothing in flight while units wait for a lake: sleep until its next probe is due (True), or False when no

@@ -36,6 +36,7 @@ class RunReport:
     n_units: int  # units the run had to compute
     loads: int  # model loads over all actors
     wall_s: float
+    lakes_down: list[str] = field(default_factory=list)  # lakes that stopped answering and were given up on
 
     @property
     def ok(self) -> bool:
