@@ -111,3 +111,14 @@ def save_tiny(arch: str, directory, seed: int = 0) -> None:
     lm = make_model(arch, dtype=torch.float32, seed=seed)
     lm.model.save_pretrained(directory)
     lm.tokenizer.save_pretrained(directory)
+
+
+def save_tiny_causal(arch: str, directory, seed: int = 0) -> None:
+    """Write a tiny random causal LM (its own untied output layer) + tokenizer: what interventions need."""
+    torch.manual_seed(seed)
+    config = CONFIGS[arch]()
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = 0, 1, 2
+    config.tie_word_embeddings = False
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(torch.float32)
+    model.save_pretrained(directory)
+    make_tokenizer().save_pretrained(directory)

@@ -79,6 +79,33 @@ def print_scores(con, model=None, checkpoint=None, pivot=None, per_layer=False, 
             print("  ".join(v.rjust(w) for v, w in zip(line, widths)), file=out)
 
 
+def print_interventions(con, model=None, out=None) -> None:
+    """Per checkpoint, the evaluated language x intervention table: perplexity ratio against `none` and the change
+    of NASCA (the layer-mean score) under each intervention."""
+    out = out or sys.stdout
+    where, params = _where(model=model)
+    rows = con.execute(
+        f"SELECT model, checkpoint, intervention, lang, perplexity_ratio, delta_nasca FROM intervention_effect{where}",
+        params,
+    ).fetchall()
+    blocks: dict[tuple, dict[str, dict[str, tuple]]] = {}
+    for m, c, intervention, lang, ratio, delta in rows:
+        blocks.setdefault((m, c), {}).setdefault(lang, {})[intervention] = (ratio, delta)
+    for (m, c), cells in sorted(blocks.items()):
+        names = sorted({i for v in cells.values() for i in v})
+        print(f"\n{m} @ {c}: neurons switched off: perplexity / perplexity with none off (change of NASCA)", file=out)
+        lines = [["lang", *names]]
+        for lang in sorted(cells):
+            values = [cells[lang].get(i) for i in names]
+            lines.append(
+                [lang]
+                + ["-" if v is None else f"{v[0]:.3f}" + ("" if v[1] is None else f" ({v[1]:+.3f})") for v in values]
+            )
+        widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+        for line in lines:
+            print("  ".join(v.rjust(w) for v, w in zip(line, widths)), file=out)
+
+
 def _block_legend(methods: list[str]) -> str:
     """What block i means for each kind of method in a per-layer table."""
     ffn = [label(x) for x in methods if x not in HIDDEN_METHODS]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from neuronxa_ray.cli.args import codes, job_overrides, seconds
-from neuronxa_ray.cli.query import print_scores
+from neuronxa_ray.cli.query import print_interventions, print_scores
 from neuronxa_ray.methods import METHODS, label
 
 
@@ -73,7 +73,10 @@ def cmd_run(args) -> int:
                 print(f"scores not shown: lake {job.lake} stopped answering during the run", file=sys.stderr)
                 continue
             try:
-                print_scores(connect(job.lake), model=job.model_name, pivot=job.pivot)
+                con = connect(job.lake)
+                print_scores(con, model=job.model_name, pivot=job.pivot)
+                if job.interventions:
+                    print_interventions(con, model=job.model_name)
             except Exception as e:  # e.g. the lake stopped answering: the failed units below are what matters
                 if not report.failed:
                     raise

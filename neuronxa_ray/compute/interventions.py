@@ -216,8 +216,17 @@ def _head_from_causal_lm(source: str, kwargs: dict, dtype: torch.dtype) -> nn.Mo
 
     log.info("LM head: loading the whole causal LM from %s to keep its output layer", source)
     with quiet_progress():
-        causal = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
-    return causal.get_output_embeddings()
+        causal, info = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True, **kwargs)
+    head = causal.get_output_embeddings()
+    names = {name for name, module in causal.named_modules() if module is head}
+    untrained = [k for k in info.get("missing_keys", ()) if k.rsplit(".", 1)[0] in names]
+    if head is None or untrained:
+        # transformers would start such a head from random weights: every perplexity would be noise
+        raise NeuronxaError(
+            f"{source} holds no language-model head (a base model without {', '.join(untrained) or 'an output layer'}"
+            "): perplexity under interventions needs a causal-LM checkpoint"
+        )
+    return head
 
 
 def _head_from_safetensors(source: str, kwargs: dict, config, dtype: torch.dtype) -> nn.Module | None:

@@ -65,6 +65,41 @@ def step_from_name(name: str) -> int | None:
     return int(digits[-1]) if digits else None
 
 
+INTERVENTION_KINDS = ("none", "lape", "random", "file")
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Neurons switched off while every language of every checkpoint is evaluated again (docs/INTERVENTIONS.md):
+    `lape` the language-specific neurons of `of` (a language of the job, or "all": every language's), read from
+    the lake's language_specific_neurons for the same model and checkpoint; `random` as many neurons per layer as
+    the LAPE set of `like`, drawn with `seed`; `file` the (layer, neuron) rows of a Parquet or CSV file."""
+
+    off: str
+    of: str | None = None
+    like: str | None = None
+    seed: int = 0
+    path: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Its name in the lake: `lape:fra`, `random:fra:seed0`, `file:neurons.parquet`."""
+        if self.off == "lape":
+            return f"lape:{self.of}"
+        if self.off == "random":
+            return f"random:{self.like}:seed{self.seed}"
+        return f"file:{Path(self.path or '').name}"
+
+    @property
+    def switched_off(self) -> str | None:
+        """The language whose neurons are off (or whose set's size a random control copies); None for a file."""
+        return self.of if self.off == "lape" else self.like
+
+    def model_name(self, base: str) -> str:
+        """The model name its results are stored under: every view then holds them as a model of their own."""
+        return f"{base} [off {self.label}]"
+
+
 @dataclass(frozen=True)
 class DataSpec:
     path: str
@@ -109,6 +144,7 @@ class JobConfig:
     placement_timeout_s: float = 60.0  # actors not placed by then: an error naming what was asked and what exists
     store_similarity: bool = False  # also the O(n^2) cosine matrices; scores read `matches` (O(n)) either way
     pivots: list[str] | str | None = None  # 'all' or languages: every (pivot, lang) pair, see scoring.compute_pairs
+    interventions: list[Intervention] = field(default_factory=list)  # each a second evaluation; `none` always runs
     source: str = "<job>"  # where the job came from, for error messages
 
     @property

@@ -23,10 +23,12 @@ import yaml
 
 from neuronxa_ray.config.job import (
     DTYPES,
+    INTERVENTION_KINDS,
     STATE_DTYPES,
     Checkpoint,
     CheckpointGlob,
     DataSpec,
+    Intervention,
     JobConfig,
     _unique_names,
     step_from_name,
@@ -128,6 +130,75 @@ def _checkpoints(source: str, model: str, raw: Any) -> list[Checkpoint] | Checkp
     return [_checkpoint(source, model, c, i) for i, c in enumerate(raw)]
 
 
+_INTERVENTION_FIELDS = {
+    "lape": {"off", "of"},
+    "random": {"off", "like", "seed"},
+    "file": {"off", "path"},
+    "none": {"off"},
+}
+
+
+def _intervention(source: str, entry: Any, index: int) -> Intervention | None:
+    """One entry of `interventions:` (None for `none`, the baseline, which always runs)."""
+    key = f"interventions[{index}]"
+    if entry == "none":
+        return None
+    if not isinstance(entry, dict) or entry.get("off") not in INTERVENTION_KINDS:
+        raise _err(
+            source,
+            key,
+            entry,
+            "must be none, {off: lape, of: LANG|all}, {off: random, like: LANG|all, seed: N} or "
+            "{off: file, path: FILE}",
+        )
+    kind = entry["off"]
+    _unknown(source, f"{key}.", set(entry), _INTERVENTION_FIELDS[kind])
+    if kind == "none":
+        return None
+    need = {"lape": "of", "random": "like", "file": "path"}[kind]
+    if not isinstance(entry.get(need), str) or not entry[need]:
+        raise _err(
+            source,
+            f"{key}.{need}",
+            entry.get(need),
+            "must be a language code or 'all'"
+            if need != "path"
+            else "must be the path of a Parquet or CSV file with columns layer, neuron",
+        )
+    seed = entry.get("seed", 0)
+    if not _matches(seed, int) or seed < 0:
+        raise _err(source, f"{key}.seed", seed, "must be a whole number >= 0")
+    path = entry.get("path")
+    if path is not None:
+        if not Path(path).is_file():
+            raise _err(source, f"{key}.path", path, "must be an existing Parquet or CSV file (columns layer, neuron)")
+        path = str(Path(path).resolve())
+    return Intervention(off=kind, of=entry.get("of"), like=entry.get("like"), seed=seed, path=path)
+
+
+def _interventions(source: str, raw: Any) -> list[Intervention]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise _err(source, "interventions", raw, "must be a list, such as [{off: lape, of: fra}]")
+    out: list[Intervention] = []
+    for i, entry in enumerate(raw):
+        item = _intervention(source, entry, i)
+        if item is None:
+            continue
+        clash = next((o for o in out if o.label == item.label), None)
+        if clash is not None:
+            raise _err(
+                source,
+                f"interventions[{i}]",
+                entry,
+                f"is stored as {item.label!r} like an earlier entry: "
+                "give each its own set (another language, seed or file name)",
+            )
+        out.append(item)
+    return out
+
+
 def job_from_dict(raw: dict[str, Any], source: str = "<job>", overrides: dict[str, Any] | None = None) -> JobConfig:
     """Validate a job mapping (plus CLI overrides, which win) into a JobConfig."""
     if not isinstance(raw, dict):
@@ -138,7 +209,7 @@ def job_from_dict(raw: dict[str, Any], source: str = "<job>", overrides: dict[st
         if required not in raw:
             raise NeuronxaError(f"{source}: missing required field {required!r}")
     for key, value in raw.items():
-        if key in ("data", "checkpoints"):
+        if key in ("data", "checkpoints", "interventions"):
             continue
         if key == "lake" and isinstance(value, Path):
             raw[key] = value = str(value)
@@ -160,11 +231,12 @@ def job_from_dict(raw: dict[str, Any], source: str = "<job>", overrides: dict[st
         raise _err(source, "data.ext", data["ext"], f"must start with a dot, such as {'.' + data['ext']!r}")
     if data.get("format") not in (None, "tsv", "jsonl"):
         raise _err(source, "data.format", data["format"], "must be 'tsv' or 'jsonl' (or absent for a directory)")
-    kwargs = {k: v for k, v in raw.items() if k not in ("data", "checkpoints")}
+    kwargs = {k: v for k, v in raw.items() if k not in ("data", "checkpoints", "interventions")}
     if isinstance(kwargs.get("placement_timeout_s"), int):
         kwargs["placement_timeout_s"] = float(kwargs["placement_timeout_s"])
     kwargs["data"] = DataSpec(path=data["path"], ext=data.get("ext", ".txt"), format=data.get("format"))
     kwargs["checkpoints"] = _checkpoints(source, model, raw.get("checkpoints"))
+    kwargs["interventions"] = _interventions(source, raw.get("interventions"))
     job = JobConfig(**kwargs, source=source)
     _validate(job)
     return job
@@ -212,6 +284,12 @@ def _validate(job: JobConfig) -> None:
         raise _err(s, "pivots", job.pivots, "every pair is computed from stored states: needs store_states: true")
     if not job.lake:
         raise _err(s, "lake", job.lake, "must be a directory or a URI such as s3://bucket/prefix")
+    for item in job.interventions:
+        for lang in (item.of, item.like):
+            if lang not in (None, "all") and job.languages is not None and lang not in {job.pivot, *job.languages}:
+                raise _err(s, "interventions", item.label, f"{lang!r} is not a language of this job")
+        if item.off != "file" and job.languages is not None and len(set(job.languages) | {job.pivot}) < 2:
+            raise _err(s, "interventions", item.label, "language-specific neurons need two languages or more")
     if not isinstance(job.checkpoints, CheckpointGlob):
         _unique_names(job.resolved_checkpoints(), f"{s}: field 'checkpoints'")
 

@@ -52,6 +52,11 @@ class Actor:
         """Load the checkpoint of plan `pi` (if it is not the loaded one); return the writes confirmed so far."""
         if pi == self.loaded:
             return self._take()
+        if self.worker is not None and getattr(self.worker, "serves", lambda *_: False)(spec, settings):
+            self.outbox += self.worker.collect()  # another evaluation of the loaded weights: no load
+            self.worker.retarget(settings)
+            self.loaded = pi
+            return self._take()
         if self.worker is not None:
             self.outbox += self.worker.collect()
             self.worker.close()

@@ -68,6 +68,11 @@ class Dispatcher:
             run_id=self.run_id,
             pivot_token_ids=None if unit.lang == plan.pivot else self.tokens.get((unit.plan, plan.pivot)),
             pivot_in_lake=unit.lang != plan.pivot and "sentence_states" in self.pivot_tables.get(unit.plan, ()),
+            perplexity=plan.perplexity,
+            neurons=None if plan.variant is None else plan.variant.neurons,
+            base_model=plan.base_model or plan.job.model_name,
+            intervention=plan.intervention,
+            switched_off=None if plan.variant is None else plan.variant.intervention.switched_off,
         )
 
     def pivot_refs(self, pi: int) -> list:
@@ -121,8 +126,9 @@ class Dispatcher:
             self.warm(slot, pi)
             self.q.started.add(pi)
 
-    @staticmethod
-    def switch(slot: Slot, pi: int) -> None:
+    def switch(self, slot: Slot, pi: int) -> None:
+        """The actor now serves plan pi: a load, unless it is another evaluation of the weights it holds."""
         if slot.loaded != pi:
+            if slot.loaded is None or self.spec(slot.loaded) != self.spec(pi):
+                slot.loads += 1
             slot.loaded = pi
-            slot.loads += 1

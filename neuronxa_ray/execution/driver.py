@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunReport:
-    """Plan every job, run what is missing on one actor pool, record runs and attempts. Raises NeuronxaError
-    before Ray starts (or any model loads) when an input is bad."""
+    """Plan every job, run what is missing on one actor pool, record runs and attempts; then, for jobs with
+    interventions, the checkpoints again with their neuron sets switched off (a second phase: the sets come from
+    the first phase's results). Raises NeuronxaError before Ray starts (or any model loads) when an input is bad."""
     options = options or RunOptions()
     t_start, started = time.perf_counter(), now()
     run_id = f"{started.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
@@ -33,12 +34,29 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
     for job in jobs:
         Lake(job.lake).check_writable()
     all_plans = plan_jobs(jobs, options.force, options.recompute)
+    report = run_phase(all_plans, options, run_id, started, t_start)
+    if any(p.job.interventions for p in all_plans):
+        from neuronxa_ray.execution.interventions import plan_interventions
+
+        variants, errors = plan_interventions(all_plans, report.failed, options.force)
+        more = run_phase(variants, options, run_id, started, t_start)
+        report.runs += more.runs
+        report.failed += errors + more.failed
+        report.n_units += more.n_units
+        report.loads += more.loads
+        report.lakes_down = sorted(set(report.lakes_down) | set(more.lakes_down))
+    report.wall_s = time.perf_counter() - t_start
+    return report
+
+
+def run_phase(all_plans: list[CheckpointPlan], options: RunOptions, run_id: str, started, t_start: float) -> RunReport:
+    """Run what the plans still miss on one actor pool, then record runs rows and compute the pairs."""
     plans = [p for p in all_plans if p.todo]
     tidy_finished(all_plans, run_id)
     if not plans:
         log.debug("every language of every checkpoint is already in the lake; nothing to do")  # the CLI says it
-        compute_all_pairs(all_plans)
-        return RunReport(run_id, [], [], 0, 0, time.perf_counter() - t_start)
+        failed = compute_all_pairs(all_plans)
+        return RunReport(run_id, [], failed, 0, 0, time.perf_counter() - t_start)
     first_tokenizer = prepare(plans)
     ray = init_ray(options.ray_address)
     pool = make_pool(ray, plans, options)

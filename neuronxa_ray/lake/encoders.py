@@ -70,6 +70,37 @@ def neuron_counts_table(
     }
 
 
+def perplexity_table(
+    model: str,
+    checkpoint: str,
+    pivot: str,
+    lang: str,
+    sentence_ids: list[str],
+    nll_sum: np.ndarray,
+    n_predicted: np.ndarray,
+    base_model: str,
+    intervention: str,
+    switched_off: str | None,
+    n_neurons: int,
+) -> dict[str, Any]:
+    """Columns of perplexity: one row per sentence, its NLL sum and predicted-token count."""
+    n = len(sentence_ids)
+    return {
+        "model": pa.array([model] * n, pa.string()),
+        "checkpoint": pa.array([checkpoint] * n, pa.string()),
+        "pivot_lang": pa.array([pivot] * n, pa.string()),
+        "lang": pa.array([lang] * n, pa.string()),
+        "sentence": np.arange(n, dtype=np.int32),
+        "sentence_id": pa.array(sentence_ids, pa.string()),
+        "nll_sum": np.asarray(nll_sum, dtype=np.float64),
+        "n_predicted": np.asarray(n_predicted, dtype=np.int32),
+        "base_model": pa.array([base_model] * n, pa.string()),
+        "intervention": pa.array([intervention] * n, pa.string()),
+        "switched_off": pa.array([switched_off] * n, pa.string()),
+        "n_neurons": np.full(n, n_neurons, dtype=np.int32),
+    }
+
+
 def similarity_table(
     model: str, checkpoint: str, pivot: str, lang: str, matrices: dict[str, np.ndarray]
 ) -> dict[str, Any]:

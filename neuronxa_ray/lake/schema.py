@@ -73,6 +73,24 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("column_rank", pa.int32()),  # 1 + #{j != i: C[j, i] >= C[i, i]}
         ],
     ),
+    # One row per sentence of a language evaluated by a job with interventions (docs/INTERVENTIONS.md): the
+    # language model's next-token NLL, so perplexity aggregates exactly over any subset: exp(sum nll / sum n).
+    "perplexity": _schema(
+        "perplexity",
+        [
+            *_KEYS,  # model: the intervention's own name, `{base_model} [off {intervention}]`, or base_model itself
+            pa.field("pivot_lang", pa.string(), False),  # the pivot its alignment scores were computed against
+            pa.field("lang", pa.string(), False),
+            pa.field("sentence", pa.int32(), False),
+            pa.field("sentence_id", pa.string(), False),
+            pa.field("nll_sum", pa.float64(), False),  # sum over the sentence's predicted tokens of -log p(token)
+            pa.field("n_predicted", pa.int32(), False),  # its tokens after the first
+            pa.field("base_model", pa.string(), False),  # the model as the job names it
+            pa.field("intervention", pa.string(), False),  # none | lape:fra | random:fra:seed0 | file:name
+            pa.field("switched_off", pa.string()),  # the language whose neurons are off (random: whose count), or all
+            pa.field("n_neurons", pa.int32(), False),  # neurons switched off, over all layers (0: none)
+        ],
+    ),
     "runs": _schema(
         "runs",
         [
@@ -152,6 +170,9 @@ WRITE_OPTIONS: dict[str, dict] = {
         "use_dictionary": ["model", "checkpoint", "pivot_lang", "lang", "method"],
         "use_byte_stream_split": ["cosine.list.element"],
     },
+    "perplexity": {
+        "use_dictionary": ["model", "checkpoint", "pivot_lang", "lang", "base_model", "intervention", "switched_off"]
+    },
     "matches": {
         "use_dictionary": ["model", "checkpoint", "pivot_lang", "lang", "method", "layer"],
         "use_byte_stream_split": ["diagonal", "row_rival", "column_rival"],
@@ -160,7 +181,7 @@ WRITE_OPTIONS: dict[str, dict] = {
 
 PAIR_TABLES = ("similarity", "matches")  # partitioned by pivot_lang as well as lang
 
-TABLES_WITH_MARKERS = ("sentence_states", "neuron_counts", "similarity", "matches")
+TABLES_WITH_MARKERS = ("sentence_states", "neuron_counts", "similarity", "matches", "perplexity")
 FREE_TABLES = ("runs", "benchmarks", "attempts")  # no markers: each file is one complete write
 MATCH_COLUMNS = ("diagonal", "row_rival", "column_rival", "row_hit", "column_hit", "row_rank", "column_rank")
 

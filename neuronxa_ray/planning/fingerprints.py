@@ -37,3 +37,8 @@ def checkpoint_fingerprint(job: JobConfig, resolved: ResolvedModel, corpus: Para
 
 def language_fingerprint(checkpoint_fp: str, lang: str, corpus: ParallelCorpus) -> str:
     return _digest({"checkpoint": checkpoint_fp, "lang": lang, "text": corpus.sentences[lang]})
+
+
+def variant_fingerprint(checkpoint_fp: str, intervention: str, neurons_fp: str) -> str:
+    """A checkpoint evaluated with neurons switched off: its own fingerprint, changed with the neuron set."""
+    return _digest({"checkpoint": checkpoint_fp, "intervention": intervention, "neurons": neurons_fp})

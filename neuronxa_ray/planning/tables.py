@@ -51,6 +51,8 @@ def required_tables(job: JobConfig, lang: str, store_states: bool | None = None)
     """What a complete language holds for this job: a language done without states (or similarity) is not done
     for a job that asks for them."""
     tables = {"neuron_counts"}
+    if job.interventions:  # every evaluation of such a job measures perplexity, the baseline included
+        tables.add("perplexity")
     if job.store_states is True if store_states is None else store_states:
         tables.add("sentence_states")
     if lang != job.pivot:

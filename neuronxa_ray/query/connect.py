@@ -16,8 +16,21 @@ import pyarrow as pa
 from neuronxa_ray.lake import Lake, table_schema
 from neuronxa_ray.query.functions import register as register_functions
 
-UNIFORM = ("matches", "neuron_counts")  # one schema in every file (sentence_states: float16 or float32 states)
-RAW_TABLES = ("sentence_states", "neuron_counts", "matches", "similarity", "runs", "benchmarks", "attempts")
+UNIFORM = (
+    "matches",
+    "neuron_counts",
+    "perplexity",
+)  # one schema in every file (sentence_states: float16 or float32 states)
+RAW_TABLES = (
+    "sentence_states",
+    "neuron_counts",
+    "matches",
+    "similarity",
+    "perplexity",
+    "runs",
+    "benchmarks",
+    "attempts",
+)
 
 
 def _quote(text: str) -> str:

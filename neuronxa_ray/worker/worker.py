@@ -16,6 +16,7 @@ language of many, and the scores never depend on which of these happened.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -27,8 +28,16 @@ import numpy as np
 import torch
 
 from neuronxa_ray.compute.extraction import StateExtractor
+from neuronxa_ray.compute.interventions import LMHead, NeuronSet, NLLRecorder, load_lm_head, zeroed
 from neuronxa_ray.compute.matching import cosine_matrices, match_stats
-from neuronxa_ray.lake import Lake, matches_table, neuron_counts_table, similarity_table, states_table
+from neuronxa_ray.lake import (
+    Lake,
+    matches_table,
+    neuron_counts_table,
+    perplexity_table,
+    similarity_table,
+    states_table,
+)
 from neuronxa_ray.methods import METHODS
 from neuronxa_ray.model.load import LoadedModel, load_model, move_to_device
 from neuronxa_ray.model.spec import ModelSpec
@@ -52,6 +61,13 @@ class LanguageTask:
     run_id: str = ""
     pivot_token_ids: list[list[int]] | None = None  # to compute the pivot here when no one hands its states over
     pivot_in_lake: bool = False  # the pivot's float32 states are in the lake: read them rather than compute
+    perplexity: bool = False  # also the language model's NLL per sentence, from the same forward pass
+    neurons: tuple[tuple[int, ...], ...] | None = (
+        None  # per block, neurons switched off in every pass (the pivot's too)
+    )
+    base_model: str = ""  # for the perplexity table: the model as the job names it, and the intervention's label
+    intervention: str = "none"
+    switched_off: str | None = None
 
     @property
     def is_pivot(self) -> bool:
@@ -135,6 +151,8 @@ class LanguageWorker:
         else:
             self.lm = load_model(spec, with_tokenizer=with_tokenizer)
         self.load_s = time.perf_counter() - t0
+        self.spec = spec
+        self._head: LMHead | None = None  # loaded when a task first asks for perplexity
         self.settings = settings
         self.lake = Lake(settings.lake)
         batch_tokens = batch_tokens_for(settings.batch_tokens, self.lm.device)
@@ -146,6 +164,29 @@ class LanguageWorker:
         self._pending: deque[tuple[LanguageTask, Future]] = deque()
         self.write_s = 0.0
         self._write_s_lock = threading.Lock()
+
+    def serves(self, spec: ModelSpec, settings: WorkerSettings) -> bool:
+        """Whether this worker's loaded model and extractor fit another plan as they are (an intervention of the
+        same checkpoint: the same weights, other neurons switched off per task)."""
+        same = ("batch_size", "max_length", "batch_tokens")
+        return spec == self.spec and all(getattr(settings, k) == getattr(self.settings, k) for k in same)
+
+    def retarget(self, settings: WorkerSettings) -> None:
+        """Write the next tasks with these settings (lake, stored tables); the model stays loaded."""
+        if settings.lake != self.settings.lake:
+            self.lake = Lake(settings.lake)
+        self.settings = settings
+
+    def lm_head(self) -> LMHead:
+        if self._head is None:
+            self._head = load_lm_head(self.lm, self.spec)
+        return self._head
+
+    def _intervention(self, task: LanguageTask):
+        """The task's neurons switched off, for every forward pass inside the `with` (none: a plain pass)."""
+        if not task.neurons or not any(task.neurons):
+            return contextlib.nullcontext()
+        return zeroed(self.lm, NeuronSet(torch.tensor(layer, dtype=torch.long) for layer in task.neurons))
 
     def close(self) -> None:
         """Drop the cached pivot states (device memory); hooks live for one extraction call only."""
@@ -187,11 +228,15 @@ class LanguageWorker:
         """Extract one language and write its tables. The pivot returns its states too when share_pivot (other
         actors need them); every later language of the checkpoint on this worker uses them from the device."""
         t0, started_at = time.perf_counter(), time.time()
-        if task.token_ids is not None:
-            states = self.extractor.extract_ids(task.token_ids)
-        else:
-            states = self.extractor.extract(task.texts)
-        found, matrices, pivot_source = self._compare(task, states, pivot)
+        nll = NLLRecorder(self.lm_head(), len(task.texts)) if task.perplexity else None
+        with self._intervention(task):  # a pivot computed here for this language is computed under it too
+            if task.token_ids is not None:
+                states = self.extractor.extract_ids(task.token_ids, on_batch=nll)
+            else:
+                states = self.extractor.extract(task.texts, on_batch=nll)
+            found, matrices, pivot_source = self._compare(task, states, pivot)
+        if nll is not None:
+            found |= {"ppl/nll_sum": nll.nll, "ppl/n_predicted": nll.n_predicted}
         small, big = self._copies(task, states, found, matrices, share_pivot)
         host_small = small.arrays()  # O(n x layers + layers x d_ff): wait for it here
         nan_states = {m: int(k) for m, k in zip(METHODS, host_small.pop("nan_rows")) if k}
@@ -300,6 +345,7 @@ class LanguageWorker:
         key = (task.model_name, task.checkpoint)
         n_active, abs_sum, n_tokens, token_counts = counters
         matches, matrices = pairs
+        ppl = matches.pop("ppl", None)
         tables = []
         if self.settings.store_states:
             # the pivot's states at full precision: a later run scores against exactly the pivot this one used
@@ -311,6 +357,21 @@ class LanguageWorker:
             tables.append(("matches", matches_table(*key, task.pivot, task.lang, matches), None))
         if matrices:
             tables.append(("similarity", similarity_table(*key, task.pivot, task.lang, matrices), None))
+        if ppl is not None:
+            n_neurons = sum(len(layer) for layer in task.neurons or ())
+            rows = perplexity_table(
+                *key,
+                task.pivot,
+                task.lang,
+                task.sentence_ids,
+                ppl["nll_sum"],
+                ppl["n_predicted"],
+                task.base_model or key[0],
+                task.intervention,
+                task.switched_off,
+                n_neurons,
+            )
+            tables.append(("perplexity", rows, None))
         info = {
             "n_sentences": len(task.texts),
             "checkpoint_fingerprint": task.checkpoint_fingerprint,
