@@ -231,6 +231,18 @@ def test_bad_interventions_are_one_line_errors(tmp_path, entry, message):
     assert "\n" not in str(e.value)
 
 
+def test_the_issue_s_yaml_reads_as_written(tmp_path):
+    """`off` is a boolean in YAML 1.1 (PyYAML reads `{off: lape}` as `{False: 'lape'}`): the job file still means
+    what it says."""
+    from neuronxa_ray.config import load_job
+
+    (tmp_path / "job.yaml").write_text(
+        "model: m\ndata: {path: d}\ninterventions: [{off: lape, of: fra}, {off: random, like: fra, seed: 3}, none]\n"
+    )
+    job = load_job(tmp_path / "job.yaml")
+    assert [i.label for i in job.interventions] == ["lape:fra", "random:fra:seed3"]
+
+
 def test_two_interventions_stored_under_one_name_are_refused(tmp_path):
     raw = _job(tmp_path, interventions=[{"off": "lape", "of": "fra"}, {"off": "lape", "of": "fra"}])
     with pytest.raises(NeuronxaError, match="is stored as 'lape:fra' like an earlier entry"):
@@ -266,3 +278,18 @@ def test_neuron_files_with_bad_rows_fail_the_intervention_naming_them(ray_sessio
     errors = {f.lang: f.error for f in report.failed}
     assert "layer 7" in errors["(off file:bad.parquet)"] or "7" in errors["(off file:bad.parquet)"]
     assert "needs columns layer and neuron" in errors["(off file:nocols.csv)"]
+
+
+def test_the_report_draws_the_matrix_and_keeps_interventions_out_of_other_sections(evaluated):
+    pytest.importorskip("altair")
+    from neuronxa_ray.report import build_report
+
+    _, raw, _ = evaluated
+    report = build_report(raw["lake"])
+    (sec,) = [s for s in report.sections if s.id == "interventions"]
+    (fig,) = sec.figures
+    assert fig.title == "Switched off × evaluated: tiny @ main" and fig.n_rows == 2 * 3
+    layers = [f.title for s in report.sections if s.id != "interventions" for f in s.figures]
+    assert layers and not any("[off " in t for t in layers)
+    named = build_report(raw["lake"], models=["tiny [off lape:fra]"])
+    assert any("[off lape:fra]" in f.title for s in named.sections for f in s.figures)

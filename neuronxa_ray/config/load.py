@@ -143,6 +143,8 @@ def _intervention(source: str, entry: Any, index: int) -> Intervention | None:
     key = f"interventions[{index}]"
     if entry == "none":
         return None
+    if isinstance(entry, dict) and False in entry and "off" not in entry:
+        entry = {("off" if k is False else k): v for k, v in entry.items()}  # YAML 1.1 reads the key `off` as false
     if not isinstance(entry, dict) or entry.get("off") not in INTERVENTION_KINDS:
         raise _err(
             source,

@@ -39,7 +39,7 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
         from neuronxa_ray.execution.interventions import plan_interventions
 
         variants, errors = plan_interventions(all_plans, report.failed, options.force)
-        more = run_phase(variants, options, run_id, started, t_start)
+        more = run_phase(variants, options, run_id, now(), time.perf_counter())
         report.runs += more.runs
         report.failed += errors + more.failed
         report.n_units += more.n_units
@@ -50,7 +50,8 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
 
 
 def run_phase(all_plans: list[CheckpointPlan], options: RunOptions, run_id: str, started, t_start: float) -> RunReport:
-    """Run what the plans still miss on one actor pool, then record runs rows and compute the pairs."""
+    """Run what the plans still miss on one actor pool, then record runs rows and compute the pairs. started and
+    t_start: when the phase began (its runs rows' start-up and wall times count from there)."""
     plans = [p for p in all_plans if p.todo]
     tidy_finished(all_plans, run_id)
     if not plans:

@@ -29,6 +29,7 @@ def _steps(con, charts: Charts, scope: Scope, views: set[str]) -> list[Step]:
         ("retrieval", lambda: sections.retrieval_section(con, charts, scope), ("retrieval",)),
         ("correlation", lambda: sections.correlation_section(con, charts, scope), ("correlation", "benchmark_pairs")),
         ("neurons", lambda: sections.neurons_section(con, charts, scope, views), ("language_specific_neurons",)),
+        ("interventions", lambda: sections.interventions_section(con, charts, scope), ("intervention_matrix",)),
         ("runs", lambda: sections.runs_section(con, charts, scope), ("runs",)),
     ]
 

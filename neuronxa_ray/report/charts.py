@@ -405,3 +405,55 @@ def throughput(charts: Charts, rows: list[dict]) -> Any:
         )
         .properties(width=360, height=alt.Step(14))
     )
+
+
+def intervention_matrix(charts: Charts, rows: list[dict]) -> Any:
+    """Switched-off language x evaluated language, colour = perplexity ratio (log scale around 1), one panel per
+    kind of set (LAPE's language-specific neurons, the random control of equal size)."""
+    alt = charts.alt
+    return (
+        alt.Chart(charts.data(rows))
+        .mark_rect()
+        .encode(
+            x=alt.X("lang:N", title="evaluated language", axis=alt.Axis(labelAngle=-60)),
+            y=alt.Y("switched_off:N", title="neurons switched off"),
+            color=alt.Color(
+                "perplexity_ratio:Q",
+                title="perplexity ratio",
+                scale=alt.Scale(type="log", scheme="redblue", reverse=True, domainMid=1),
+            ),
+            column=alt.Column("kind:N", title=None),
+            tooltip=[
+                alt.Tooltip("switched_off:N", title="off"),
+                alt.Tooltip("lang:N", title="evaluated"),
+                alt.Tooltip("intervention:N"),
+                alt.Tooltip("perplexity_ratio:Q", format=".3f"),
+                alt.Tooltip("perplexity:Q", format=".2f"),
+                alt.Tooltip("perplexity_none:Q", title="perplexity, none off", format=".2f"),
+                alt.Tooltip("n_neurons:Q", title="neurons off"),
+            ],
+        )
+        .properties(width=alt.Step(18), height=alt.Step(18))
+    )
+
+
+def intervention_diagonal(charts: Charts, rows: list[dict]) -> Any:
+    """The matrix's diagonal over training: per step, the mean over languages of the perplexity ratio of a language
+    with its own neurons switched off, LAPE against the random control."""
+    alt = charts.alt
+    return (
+        alt.Chart(charts.data(rows))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("step:Q", title="training step"),
+            y=alt.Y("perplexity_ratio:Q", title="perplexity ratio, own neurons off", scale=alt.Scale(type="log")),
+            color=alt.Color("kind:N", title="set"),
+            tooltip=[
+                alt.Tooltip("checkpoint:N"),
+                alt.Tooltip("step:Q"),
+                alt.Tooltip("kind:N"),
+                alt.Tooltip("perplexity_ratio:Q", format=".3f"),
+            ],
+        )
+        .properties(width=420, height=220)
+    )

@@ -113,6 +113,10 @@ def with_labels(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def resolve_scope(con, models: Sequence[str] | None, checkpoints: Sequence[str] | None) -> Scope:
     """Models and checkpoints with scores in the lake, filtered; NeuronxaError names an unknown one."""
+    # an intervention's results are a model of their own in the views; the report shows them with their base model
+    variants = {
+        m for (m,) in con.execute("SELECT DISTINCT model FROM perplexity WHERE intervention <> 'none'").fetchall()
+    }
     rows = con.execute(
         """WITH scored AS (SELECT DISTINCT model, checkpoint FROM matches),
                 steps AS (SELECT model, checkpoint, max(step) AS step FROM runs GROUP BY ALL)
@@ -125,7 +129,8 @@ def resolve_scope(con, models: Sequence[str] | None, checkpoints: Sequence[str] 
         bad = [v for v in given or [] if v not in known]
         if bad and known:
             raise NeuronxaError(f"{name} {bad[0]!r} has no scores in the lake (known: {', '.join(known)})")
-    rows = [r for r in rows if (not models or r[0] in models) and (not checkpoints or r[1] in checkpoints)]
+    rows = [r for r in rows if (r[0] in models if models else r[0] not in variants)]
+    rows = [r for r in rows if not checkpoints or r[1] in checkpoints]
     by_model: dict[str, list[str]] = {}
     steps = {}
     for model, ckpt, step in rows:

@@ -393,6 +393,52 @@ def neurons_section(con, charts: Charts, scope: Scope, views: set[str]) -> Secti
     return sec
 
 
+def interventions_section(con, charts: Charts, scope: Scope) -> Section | None:
+    """LAPE's perplexity experiment per base model: the switched-off x evaluated language matrix at the latest
+    checkpoint, and its diagonal over training steps."""
+    sec = Section(
+        "interventions",
+        "Neurons switched off",
+        "Perplexity with a set of neurons switched off, over perplexity with none off, per evaluated language (view "
+        "`intervention_matrix`): the language-specific neurons (LAPE) of the language on the left, or a random "
+        "control set of the same size per layer. Above 1: harder to predict. A diagonal well above its random "
+        "control means the neurons are specific to that language, not merely many.",
+    )
+    for model in scope.models:
+        rows = records(
+            con,
+            """SELECT checkpoint, step, kind, intervention, switched_off, lang, perplexity_ratio, perplexity,
+                      perplexity_none, n_neurons
+               FROM intervention_matrix WHERE model = ? ORDER BY step NULLS LAST, checkpoint""",
+            [model],
+        )
+        if not rows:
+            continue
+        latest = rows[-1]["checkpoint"]
+        at = [r for r in rows if r["checkpoint"] == latest]
+        sec.figures.append(
+            charts.figure(
+                draw.intervention_matrix(charts, at), f"Switched off × evaluated: {_title(model, latest)}", len(at)
+            )
+        )
+        diagonal = records(
+            con,
+            """SELECT checkpoint, step, kind, exp(avg(ln(perplexity_ratio))) AS perplexity_ratio
+               FROM intervention_matrix WHERE model = ? AND switched_off = lang AND step IS NOT NULL
+               GROUP BY ALL ORDER BY step, kind""",
+            [model],
+        )
+        if len({r["step"] for r in diagonal}) > 1:
+            sec.figures.append(
+                charts.figure(
+                    draw.intervention_diagonal(charts, diagonal),
+                    f"Own neurons off, over training (geometric mean over languages): {model}",
+                    len(diagonal),
+                )
+            )
+    return sec if sec.figures else None
+
+
 def _draw_overlap(con, charts: Charts, scope: Scope, sec: Section, view: str) -> None:
     """A neuron-overlap view as a language × language heatmap per (model, checkpoint), when its columns allow."""
     cols = column_names(con, view)
