@@ -188,8 +188,8 @@ FROM resampled;
 
 -- paired_difference(model_a, checkpoint_a, model_b, checkpoint_b, measure := 'alignment', level := 0.95,
 -- resamples := 1000, seed := 0): B minus A over the same sentences, per (method, pivot_lang, lang) and as the mean
--- over languages (lang '*'). Two checkpoints of one model, two models, or two interventions written as
--- checkpoints: any two (model, checkpoint) whose matches share pivot, languages and sentence numbers. measure:
+-- over languages (lang '*'). Two checkpoints of one model, two models, or an intervention (the model
+-- `{model} [off {label}]`) against its baseline: any two (model, checkpoint) whose matches share pivot, languages and sentence numbers. measure:
 -- alignment (the layer-mean score), pivot_to_lang or lang_to_pivot (layer-mean retrieval accuracy).
 -- (model_a, checkpoint_a, model_b, checkpoint_b, method, pivot_lang, lang, score_a, score_b, difference, ci_low,
 -- ci_high, p_value, n_languages, n_sentences, level, resamples, seed, measure): difference = score_b - score_a
