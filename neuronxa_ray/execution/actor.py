@@ -52,7 +52,7 @@ class Actor:
         """Load the checkpoint of plan `pi` (if it is not the loaded one); return the writes confirmed so far."""
         if pi == self.loaded:
             return self._take()
-        if self.worker is not None and getattr(self.worker, "serves", lambda *_: False)(spec, settings):
+        if self._serves(spec, settings):
             self.outbox += self.worker.collect()  # another evaluation of the loaded weights: no load
             self.worker.retarget(settings)
             self.loaded = pi
@@ -93,8 +93,17 @@ class Actor:
         result.write_s, self._write_base = self.worker.write_s - self._write_base, self.worker.write_s
         return result, states
 
+    def _serves(self, spec, settings) -> bool:
+        """The loaded worker can run plan(spec, settings) as it is (another intervention of its checkpoint)."""
+        return self.worker is not None and getattr(self.worker, "serves", lambda *_: False)(spec, settings)
+
     def _prefetch(self, pi: int, spec, settings) -> None:
-        if pi == self.loaded or self.prefetched or not hasattr(self.factory, "prefetch"):
+        if (
+            pi == self.loaded
+            or self.prefetched
+            or not hasattr(self.factory, "prefetch")
+            or self._serves(spec, settings)
+        ):
             return
         self.prefetched[pi] = self._loader.submit(self.factory.prefetch, spec, settings)
 
