@@ -293,3 +293,41 @@ def test_the_report_draws_the_matrix_and_keeps_interventions_out_of_other_sectio
     assert layers and not any("[off " in t for t in layers)
     named = build_report(raw["lake"], models=["tiny [off lape:fra]"])
     assert any("[off lape:fra]" in f.title for s in named.sections for f in s.figures)
+
+
+def test_an_actor_serves_every_intervention_of_a_checkpoint_with_one_load():
+    """Plans with the same weights and extractor settings (a checkpoint and its interventions) share the loaded
+    model: no second load, no prefetch of what is loaded; other weights load as before."""
+    from neuronxa_ray.execution.actor import Actor
+
+    made = []
+
+    class Fake:
+        def __init__(self, spec, settings, **_):
+            self.spec, self.settings, self.retargeted = spec, settings, []
+            made.append(spec)
+
+        @staticmethod
+        def prefetch(spec, settings):
+            raise AssertionError("prefetched weights the actor holds")
+
+        def serves(self, spec, settings):
+            return spec == self.spec
+
+        def retarget(self, settings):
+            self.retargeted.append(settings)
+
+        def collect(self):
+            return []
+
+        def close(self):
+            pass
+
+    actor = Actor(1, Fake)
+    actor.warm(0, "ckpt-1", "base")
+    actor._prefetch(1, "ckpt-1", "off lape:fra")
+    assert not actor.prefetched
+    actor.warm(1, "ckpt-1", "off lape:fra")
+    assert actor.loads == 1 and actor.loaded == 1 and actor.worker.retargeted == ["off lape:fra"]
+    actor.warm(2, "ckpt-2", "base")
+    assert actor.loads == 2 and made == ["ckpt-1", "ckpt-2"]
