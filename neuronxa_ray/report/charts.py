@@ -415,14 +415,14 @@ def intervention_matrix(charts: Charts, rows: list[dict]) -> Any:
         alt.Chart(charts.data(rows))
         .mark_rect()
         .encode(
-            x=alt.X("lang:N", title="evaluated language", axis=alt.Axis(labelAngle=-60)),
+            x=alt.X("lang:N", title=None, axis=alt.Axis(labelAngle=-60)),
             y=alt.Y("switched_off:N", title="neurons switched off"),
             color=alt.Color(
                 "perplexity_ratio:Q",
                 title="perplexity ratio",
                 scale=alt.Scale(type="log", scheme="redblue", reverse=True, domainMid=1),
             ),
-            column=alt.Column("kind:N", title=None),
+            column=alt.Column("kind:N", title="evaluated language, with neurons switched off of the set:"),
             tooltip=[
                 alt.Tooltip("switched_off:N", title="off"),
                 alt.Tooltip("lang:N", title="evaluated"),
