@@ -62,9 +62,8 @@ class LanguageTask:
     pivot_token_ids: list[list[int]] | None = None  # to compute the pivot here when no one hands its states over
     pivot_in_lake: bool = False  # the pivot's float32 states are in the lake: read them rather than compute
     perplexity: bool = False  # also the language model's NLL per sentence, from the same forward pass
-    neurons: tuple[tuple[int, ...], ...] | None = (
-        None  # per block, neurons switched off in every pass (the pivot's too)
-    )
+    # per block, the neurons switched off in every pass of this task (a pivot it computes too)
+    neurons: tuple[tuple[int, ...], ...] | None = None
     base_model: str = ""  # for the perplexity table: the model as the job names it, and the intervention's label
     intervention: str = "none"
     switched_off: str | None = None
