@@ -365,11 +365,11 @@ def test_a_catalogue_write_cut_short_is_tidied_once_it_is_old(tmp_path):
 
 # -- opening from the snapshot ---------------------------------------------------------------------------------
 def _run_row(lake, ckpt):
-    from neuronxa_ray.lake.schema import SCHEMAS
-
     import datetime as dt
 
     import pyarrow as pa
+
+    from neuronxa_ray.lake.schema import SCHEMAS
 
     def default(t):
         if pa.types.is_timestamp(t):
