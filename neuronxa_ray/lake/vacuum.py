@@ -26,6 +26,7 @@ def vacuum(storage: Storage, state: CatalogState | None, older_than_s: float = V
     for path in gone:
         if path not in named:
             storage.delete(path)
+            storage.prune_empty_dirs(path)
     if gone:
         Catalog(storage).append(vacuumed=gone)
     return {p: t for p, t in state.superseded.items() if p not in gone}
