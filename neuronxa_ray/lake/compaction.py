@@ -103,18 +103,19 @@ def compact(
     state = catalog.load()
     out.vacuumed = sorted(set(state.superseded if state else {}) - set(vacuum(lake.storage, state, vacuum_after_s)))
     if state is not None and fold:
-        catalog.fold()
+        catalog.fold(state)  # entries written since it was read stay in the log, unfolded
     return out
 
 
 def compact_after_run(lake: Lake | str, keys: list[tuple[str, str]]) -> Compaction | None:
-    """Compact the (model, checkpoint)s a run completed, as `lake compact` would; never fails the run: a
-    failure is one warning (the lake stays as the run left it, and `lake compact` can do it later)."""
+    """Compact the (model, checkpoint)s a run completed, as `lake compact` would, and fold the catalogue into a
+    snapshot (so that the next reader opens the lake from one file); never fails the run: a failure is one warning
+    (the lake stays as the run left it, and `lake compact` can do it later)."""
     if not keys:
         return None
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     try:
-        done = compact(lake, keys=keys, fold=False)
+        done = compact(lake, keys=keys)
     except Exception as e:  # compaction is an optimisation: the run's results are in the lake already
         log.warning("lake %s: not compacted after the run (%s); `neuronxa-ray lake compact` can do it later",
                     lake.uri, " ".join(str(e).split())[:200])  # fmt: skip
