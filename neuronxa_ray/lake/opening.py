@@ -118,53 +118,77 @@ def _from_snapshot(lake: MarkerSource, workers: int) -> tuple[ViewFiles, list[tu
                 raise
     done = listed_markers(lake)
     sizes = {p: n for t in TABLES_WITH_MARKERS for p, n in storage.sizes(t).items()}
-    markers = table.column("marker").to_pylist()
-    parts = [checkpoint_of(m) for m in markers]
+    markers = table.column("marker").combine_chunks()
+    parts = pc.replace_substring_regex(markers, r"^([^/]*/[^/]*/[^/]*)/.*$", r"\1")  # checkpoint_of, vectorised
     dirty = {checkpoint_of(rel) for _, entry in entries for rel in (entry.get("markers") or {})}
-    known = set(markers)
-    dirty.update(checkpoint_of(rel) for rel in done if rel not in known)
-    for rel, part, n in zip(markers, parts, table.column("marker_bytes").to_pylist()):
-        if n is None or done.get(rel) != n:
-            dirty.add(part)
+    # markers: listed at the snapshot's size, none missing, none more
+    listed = pa.table(
+        {"marker": pa.array(list(done), pa.string()), "listed": pa.array(list(done.values()), pa.int64())}
+    )
+    recorded = pa.table({"marker": markers, "recorded": table.column("marker_bytes").combine_chunks()})
+    joined = recorded.join(listed, "marker", join_type="full outer")
+    differ = pc.invert(pc.fill_null(pc.equal(joined["recorded"], joined["listed"]), False))
+    dirty.update(checkpoint_of(m) for m in joined.filter(differ)["marker"].to_pylist())
+    # files: every file a marker names listed at its recorded size
     files = table.column("files").combine_chunks()
     flat = pc.list_flatten(files)
-    owner = pc.list_parent_indices(files).to_pylist()
-    paths = flat.field("path").to_pylist()
-    for i, path, n in zip(owner, paths, flat.field("bytes").to_pylist()):
-        if sizes.get(path) != n:
-            dirty.add(parts[i])
+    owner = pc.list_parent_indices(files)
+    on_disk = pa.table({"path": pa.array(list(sizes), pa.string()), "size": pa.array(list(sizes.values()), pa.int64())})
+    named = pa.table({"owner": owner, "path": flat.field("path"), "bytes": flat.field("bytes")})
+    checked = named.join(on_disk, "path", join_type="left outer")
+    changed = pc.invert(pc.fill_null(pc.equal(checked["bytes"], checked["size"]), False))
+    dirty.update(parts.take(checked.filter(changed)["owner"]).to_pylist())
 
-    shown = table.column("visible").to_pylist()
-    clean_rows = [i for i, part in enumerate(parts) if part not in dirty]
-    left_out = [
-        (reason, label)
-        for i, reason, label in zip(
-            range(len(parts)), table.column("left_out").to_pylist(), table.column("left_out_label").to_pylist()
-        )
-        if reason is not None and parts[i] not in dirty
-    ]
-    visible_rows = {i for i in clean_rows if shown[i]}
-    pivots, langs = table.column("pivot_lang").to_pylist(), table.column("lang").to_pylist()
-    tables = flat.field("table").to_pylist()
-    rows = flat.field("rows").to_pylist()
-    file_rows = flat.field("file_rows").to_pylist()
-    view_entries = [
-        (t, p, r, fr, (pivots[i], langs[i]) if t in PAIR_TABLES else (langs[i],))
-        for i, t, p, r, fr in zip(owner, tables, paths, rows, file_rows)
-        if i in visible_rows
-    ]
+    clean = pc.invert(pc.is_in(parts, pa.array(sorted(dirty), pa.string())))
+    left = table.filter(pc.and_(clean, pc.is_valid(table.column("left_out"))))
+    left_out = list(zip(left.column("left_out").to_pylist(), left.column("left_out_label").to_pylist()))
+    shown = pc.and_(clean, pc.fill_null(table.column("visible").combine_chunks(), False))
+    view = pa.table(
+        {
+            "table": flat.field("table"),
+            "path": flat.field("path"),
+            "rows": flat.field("rows"),
+            "file_rows": flat.field("file_rows"),
+            "pivot_lang": table.column("pivot_lang").combine_chunks().take(owner),
+            "lang": table.column("lang").combine_chunks().take(owner),
+        }
+    ).filter(shown.take(owner))
     if dirty:  # those checkpoints as before: their records (snapshot, then the log), checked against the listings
-        state = _records_of(storage, snaps[-1], table, parts, dirty)
+        state = _records_of(storage, snaps[-1], table, parts.to_pylist(), dirty)
         for name, entry in entries:
             state.apply(name, entry)
         complete, more = catalogued(lake, state, {p: n for p, n in done.items() if checkpoint_of(p) in dirty}, sizes)
         left_out += more
-        for record in complete:
-            for f in record["files"]:
-                key = (record["pivot_lang"], record["lang"]) if f["table"] in PAIR_TABLES else (record["lang"],)
-                view_entries.append((f["table"], f["path"], f["rows"], f.get("file_rows"), key))
+        rows = [(f["table"], f["path"], f["rows"], f.get("file_rows"), r["pivot_lang"], r["lang"])
+                for r in complete for f in r["files"]]  # fmt: skip
+        view = pa.concat_tables([view, pa.Table.from_pylist([dict(zip(view.column_names, r)) for r in rows],
+                                                            schema=view.schema)])  # fmt: skip
     free, bad_free = _free_files(lake, {k: int(v) for k, v in (meta.get("free") or {}).items()}, workers)
-    return ViewFiles.of_entries(view_entries, free), left_out, bad_free
+    return _view_files(view, free), left_out, bad_free
+
+
+def _view_files(view: pa.Table, free: dict[str, list[str]]) -> ViewFiles:
+    """ViewFiles.of_entries over a table of (table, path, rows, file_rows, pivot_lang, lang), one row per file a
+    complete language names, computed in Arrow: distinct paths per table, and for each compacted file whose
+    current languages' rows do not add up to the whole file, those languages' keys."""
+    files = {t: [] for t in (*TABLES_WITH_MARKERS, *FREE_TABLES)}
+    for t in TABLES_WITH_MARKERS:
+        files[t] = sorted(set(view.filter(pc.equal(view["table"], t))["path"].to_pylist()))
+    for t, paths in free.items():
+        files[t] = sorted(set(files[t]) | set(paths))
+    compacted = view.filter(pc.is_valid(view["file_rows"]))
+    partial: dict[str, dict[str, list[tuple[str, ...]]]] = {}
+    if compacted.num_rows:
+        pairs = pc.binary_join_element_wise(compacted["pivot_lang"], compacted["lang"], "\x00")
+        is_pair = pc.is_in(compacted["table"], pa.array(sorted(PAIR_TABLES)))
+        keyed = compacted.append_column("key", pc.if_else(is_pair, pairs, compacted["lang"]))
+        per_key = keyed.group_by(["table", "path", "key"]).aggregate([("rows", "max"), ("file_rows", "max")])
+        per_file = per_key.group_by(["table", "path"]).aggregate([("rows_max", "sum"), ("file_rows_max", "max")])
+        short = per_file.filter(pc.not_equal(per_file["rows_max_sum"], per_file["file_rows_max_max"]))
+        for t, path in zip(short["table"].to_pylist(), short["path"].to_pylist()):
+            mine = per_key.filter(pc.equal(per_key["path"], path))["key"].to_pylist()
+            partial.setdefault(t, {})[path] = sorted(tuple(k.split("\x00")) for k in mine)
+    return ViewFiles(files, partial)
 
 
 def _read_entries(storage, pending: list[str], workers: int) -> list[tuple[str, dict]]:
