@@ -219,8 +219,11 @@ def sentence_bootstrap_arrow(hits, denominator, level, resamples, seed) -> pa.St
     if arr.null_count:
         valid &= arr.is_valid().to_numpy(zero_copy_only=False)
     keys = np.stack([lengths, lv, rs, sd], axis=1)[valid]
-    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
     rows_valid = np.flatnonzero(valid)
+    if len(keys) and (keys == keys[0]).all():  # the usual chunk: one number of sentences, one setting
+        unique, inverse = keys[:1], np.zeros(len(keys), dtype=np.intp)
+    else:
+        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
     for g, (n, lev, res, sed) in enumerate(unique):
         idx = rows_valid[inverse.reshape(-1) == g]
         matrix = values[offsets[idx][:, None] + np.arange(int(n))]
