@@ -475,3 +475,22 @@ def test_opening_from_the_snapshot_agrees_with_the_whole_catalogue(tmp_path, how
         snap.unlink()
     shutil.rmtree(tmp_path / "ref" / "_catalog")
     assert answers(tmp_path) == answers(tmp_path / "ref")
+
+
+@pytest.mark.parametrize("step", ["files", "markers", "catalogue"])
+def test_compaction_after_a_run_that_crashes_is_a_warning_and_every_answer_stays(tmp_path, step, monkeypatch, caplog):
+    import neuronxa_ray.lake.compaction as compaction
+
+    lake = _two_checkpoints(tmp_path)
+    expected = answers(tmp_path)
+    real = compaction.compact
+    monkeypatch.setattr(compaction, "compact", lambda *a, **k: real(*a, **k, crash_after=step))
+    with caplog.at_level(logging.WARNING):
+        assert compaction.compact_after_run(lake, [("m", "c"), ("m", "d")]) is None
+    assert "not compacted after the run" in caplog.text and "crash" in caplog.text
+    assert answers(tmp_path) == expected
+    monkeypatch.undo()
+    done = compaction.compact_after_run(lake, [("m", "c"), ("m", "d")])  # the next run's end finishes the job
+    assert done is not None and not done.skipped.get("m @ d")
+    assert answers(tmp_path) == expected and lake.check() == []
+    assert all("compacted-" in p for p in lake.view_files().files["matches"])
