@@ -494,3 +494,19 @@ def test_compaction_after_a_run_that_crashes_is_a_warning_and_every_answer_stays
     assert done is not None and not done.skipped.get("m @ d")
     assert answers(tmp_path) == expected and lake.check() == []
     assert all("compacted-" in p for p in lake.view_files().files["matches"])
+
+
+def test_a_snapshot_without_verdicts_opens_as_before(tmp_path, monkeypatch):
+    """A snapshot whose verdicts could not be computed (or written before they existed) is read in full."""
+    import neuronxa_ray.lake.catalog as catalog
+
+    lake = _grown(tmp_path, 2)
+    expected = answers(tmp_path)
+
+    def cannot(*a, **k):
+        raise KeyError("model")
+
+    monkeypatch.setattr(catalog, "visible", cannot)
+    catalog.Catalog(lake.storage).fold()
+    monkeypatch.undo()
+    assert lake.view_files() == _slow_view(lake) and answers(tmp_path) == expected

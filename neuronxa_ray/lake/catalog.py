@@ -217,7 +217,10 @@ class Catalog:
         for rel, r in rows:
             if rel not in ok:
                 why[rel] = (LEFT_OUT_BROKEN, label_of(r, rel))
-        shown = {id(r) for r in visible(ok, why=why)[0]}
+        try:
+            shown: set[int] | None = {id(r) for r in visible(ok, why=why)[0]}
+        except (KeyError, TypeError, AttributeError, ValueError):  # a record the rules cannot read: no verdicts
+            shown, why = None, {}  # (opening then reads every checkpoint as before)
         columns = {
             "marker": [rel for rel, _ in rows],
             "marker_bytes": [state.sizes.get(rel) for rel, _ in rows],
@@ -225,7 +228,7 @@ class Catalog:
             "checkpoint_fingerprint": [r.get("checkpoint_fingerprint") for _, r in rows],
             "files": [[{k: f.get(k) for k in _FILE.names} for f in r.get("files") or []] for _, r in rows],
             "record": [json.dumps(r) for _, r in rows],
-            "visible": [id(r) in shown for _, r in rows],
+            "visible": [None if shown is None else id(r) in shown for _, r in rows],
             "left_out": [why[rel][0] if rel in why else None for rel, _ in rows],
             "left_out_label": [why[rel][1] if rel in why else None for rel, _ in rows],
         }

@@ -138,11 +138,12 @@ def _from_snapshot(lake: MarkerSource, workers: int) -> tuple[ViewFiles, list[tu
     checked = named.join(on_disk, "path", join_type="left outer")
     changed = pc.invert(pc.fill_null(pc.equal(checked["bytes"], checked["size"]), False))
     dirty.update(parts.take(checked.filter(changed)["owner"]).to_pylist())
+    dirty.update(parts.filter(pc.is_null(table.column("visible").combine_chunks())).to_pylist())  # no verdict
 
     clean = pc.invert(pc.is_in(parts, pa.array(sorted(dirty), pa.string())))
     left = table.filter(pc.and_(clean, pc.is_valid(table.column("left_out"))))
     left_out = list(zip(left.column("left_out").to_pylist(), left.column("left_out_label").to_pylist()))
-    shown = pc.and_(clean, pc.fill_null(table.column("visible").combine_chunks(), False))
+    shown = pc.and_(clean, table.column("visible").combine_chunks())
     view = pa.table(
         {
             "table": flat.field("table"),
