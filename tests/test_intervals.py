@@ -276,3 +276,20 @@ def test_training_change_marks_the_jump_after_benjamini_hochberg(lake):
         assert [r[10] for r in family] == pytest.approx(list(expected), abs=1e-15)
         jump = [r[10] for r in family if r[0] == "step-300"]
         assert all(q < 0.05 for q in jump), (lang, jump)  # the planted jump is significant after the correction
+
+
+def test_intervals_of_integer_hits_equal_numpy_quantile_bit_for_bit():
+    """Counting order statistics (integer sums) gives numpy.quantile's interval exactly, at any level, any number
+    of resamples and sentences, ties and all."""
+    from neuronxa_ray.query.intervals import integer_sums_interval, percentile_interval, resampled_sums
+
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        rows, n = int(rng.integers(1, 50)), int(rng.integers(1, 15))
+        resamples = int(rng.choice([1, 2, 3, 7, 40, 999, 1000]))
+        level = float(rng.choice([0.1, 0.5, 0.6827, 0.9, 0.95, 0.99, 0.999]))
+        hits = rng.integers(0, rng.integers(1, 40), size=(rows, n)).astype(float)
+        scale = n * rng.integers(1, 30, size=rows).astype(float)
+        sums = resampled_sums(hits, resamples, int(rng.integers(0, 5)))
+        fast, numpy = integer_sums_interval(sums, scale, level), percentile_interval(sums / scale[:, None], level)
+        assert np.array_equal(fast[0], numpy[0]) and np.array_equal(fast[1], numpy[1])

@@ -361,3 +361,152 @@ def test_a_catalogue_write_cut_short_is_tidied_once_it_is_old(tmp_path):
     os.utime(tmp, (old, old))
     assert [p.kind for p in lake.check()] == ["temporary"]
     assert lake.tidy("m", "c", "run-x") == ["_catalog/log/.0001-x.json.abc.tmp"] and lake.check() == []
+
+
+# -- opening from the snapshot ---------------------------------------------------------------------------------
+def _run_row(lake, ckpt):
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from neuronxa_ray.lake.schema import SCHEMAS
+
+    def default(t):
+        if pa.types.is_timestamp(t):
+            return dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+        return [] if pa.types.is_list(t) else "x" if pa.types.is_string(t) else 0
+
+    row = {f.name: None if f.nullable else default(f.type) for f in SCHEMAS["runs"]}
+    row.update(run_id=f"run-{ckpt}", model="m", checkpoint=ckpt, pivot_lang="eng", schema_version="2")
+    lake.write_run(row)
+
+
+def _grown(root, n_checkpoints):
+    """A lake of n checkpoints (4 languages and a runs file each), compacted (which writes a snapshot)."""
+    from neuronxa_ray.lake.compaction import compact
+
+    rng = np.random.default_rng(n_checkpoints)
+    lake = Lake(root)
+    for i in range(n_checkpoints):
+        for lang in ("eng", "fra", "deu", "swh"):
+            write_language(lake, lang, rng, ckpt=f"c{i}")
+        _run_row(lake, f"c{i}")
+    compact(lake, vacuum_after_s=0)
+    return lake
+
+
+def _reads(lake, monkeypatch) -> int:
+    """How many files opening the lake reads (markers, log entries, snapshots, Parquet footers)."""
+    from neuronxa_ray.lake.storage import Storage
+
+    count = {"n": 0}
+    for name in ("read_bytes", "open_input_file"):
+        original = getattr(Storage, name)
+
+        def counted(self, *a, _original=original, **k):
+            count["n"] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(Storage, name, counted)
+    lake.view_files()
+    monkeypatch.undo()
+    return count["n"]
+
+
+def test_opening_reads_the_same_few_files_whatever_the_number_of_units(tmp_path, monkeypatch):
+    small, large = _grown(tmp_path / "small", 2), _grown(tmp_path / "large", 8)
+    assert _reads(small, monkeypatch) == _reads(large, monkeypatch) == 1  # the snapshot
+    for lake in (small, large):
+        write_language(lake, "ita", np.random.default_rng(5), ckpt="c1")  # a commit after the snapshot: its entry,
+        _run_row(lake, "c9")  # a runs file newer than the snapshot: its footer, and c1's records from the snapshot
+    assert _reads(small, monkeypatch) == _reads(large, monkeypatch) == 4
+    assert [large.view_files().files[t] for t in ("matches", "runs")] == [
+        _slow_view(large).files[t] for t in ("matches", "runs")
+    ]
+
+
+def _slow_view(lake):
+    """What the views read from the whole catalogue, every marker's verdict recomputed (no snapshot verdicts)."""
+    from neuronxa_ray.lake.catalog import Catalog
+    from neuronxa_ray.lake.scan import ViewFiles, catalogued
+
+    complete, _ = catalogued(lake, Catalog(lake.storage).load())
+    free = {t: lake.view_files().files[t] for t in ("runs", "benchmarks", "attempts")}
+    return ViewFiles.of(complete, free)
+
+
+def _mutate(lake, root, how):
+    rng = np.random.default_rng(11)
+    if how == "truncated":
+        path = root / lake.completion("m", "c1", "eng", "fra")["files"][0]["path"]
+        path.write_bytes(path.read_bytes()[:-10])
+    elif how == "marker-deleted":
+        (root / lake.done_marker("m", "c0", "eng", "deu")).unlink()
+    elif how == "entry-lost":  # a writer died between its marker and its catalogue entry
+        write_language(lake, "ita", rng, ckpt="c1")
+        newest = max((root / "_catalog" / "log").glob("*.json"))
+        newest.unlink()
+    elif how == "recomputed":  # after compaction: its own files again, the compacted file read without it
+        write_language(lake, "fra", rng, ckpt="c0")
+    elif how == "other-settings":
+        for lang in ("ita", "spa"):
+            write_language(lake, lang, rng, ckpt="c1", ckpt_fp="other")
+    elif how == "pivot-gone":
+        (root / lake.done_marker("m", "c2", "eng", "eng")).unlink()
+
+
+@pytest.mark.parametrize(
+    "how", ["none", "truncated", "marker-deleted", "entry-lost", "recomputed", "other-settings", "pivot-gone"]
+)
+def test_opening_from_the_snapshot_agrees_with_the_whole_catalogue(tmp_path, how, caplog):
+    lake = _grown(tmp_path, 3)
+    _mutate(lake, tmp_path, how)
+    with caplog.at_level(logging.WARNING):
+        fast = lake.view_files()
+    slow = _slow_view(lake)
+    assert fast == slow
+    warned = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert bool(warned) == (how in ("truncated", "other-settings", "pivot-gone"))
+    reference = _grown(tmp_path / "ref", 3)  # the same lake, mutated, opened without any snapshot: same answers
+    _mutate(reference, tmp_path / "ref", how)
+    import shutil
+
+    for snap in (tmp_path / "ref" / "_catalog").glob("snapshot-*.parquet"):
+        snap.unlink()
+    shutil.rmtree(tmp_path / "ref" / "_catalog")
+    assert answers(tmp_path) == answers(tmp_path / "ref")
+
+
+@pytest.mark.parametrize("step", ["files", "markers", "catalogue"])
+def test_compaction_after_a_run_that_crashes_is_a_warning_and_every_answer_stays(tmp_path, step, monkeypatch, caplog):
+    import neuronxa_ray.lake.compaction as compaction
+
+    lake = _two_checkpoints(tmp_path)
+    expected = answers(tmp_path)
+    real = compaction.compact
+    monkeypatch.setattr(compaction, "compact", lambda *a, **k: real(*a, **k, crash_after=step))
+    with caplog.at_level(logging.WARNING):
+        assert compaction.compact_after_run(lake, [("m", "c"), ("m", "d")]) is None
+    assert "not compacted after the run" in caplog.text and "crash" in caplog.text
+    assert answers(tmp_path) == expected
+    monkeypatch.undo()
+    done = compaction.compact_after_run(lake, [("m", "c"), ("m", "d")])  # the next run's end finishes the job
+    assert done is not None and not done.skipped.get("m @ d")
+    assert answers(tmp_path) == expected and lake.check() == []
+    assert all("compacted-" in p for p in lake.view_files().files["matches"])
+
+
+def test_a_snapshot_without_verdicts_opens_as_before(tmp_path, monkeypatch):
+    """A snapshot whose verdicts could not be computed (or written before they existed) is read in full."""
+    import neuronxa_ray.lake.catalog as catalog
+
+    lake = _grown(tmp_path, 2)
+    expected = answers(tmp_path)
+
+    def cannot(*a, **k):
+        raise KeyError("model")
+
+    monkeypatch.setattr(catalog, "visible", cannot)
+    catalog.Catalog(lake.storage).fold()
+    monkeypatch.undo()
+    assert lake.view_files() == _slow_view(lake) and answers(tmp_path) == expected

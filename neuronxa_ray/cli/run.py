@@ -19,6 +19,7 @@ def add_parsers(sub) -> None:
     run.add_argument("--force", action="store_true", help="recompute every language, even if complete")
     run.add_argument("--recompute", type=codes, action="extend", metavar="L1,L2", help="recompute these languages")
     run.add_argument("--no-scores", action="store_true", help="do not print the score table afterwards")
+    no_compact(run)
 
     watch = sub.add_parser("watch", help="evaluate a training run's checkpoints as they appear")
     watch.add_argument("job", metavar="JOB.yaml", help="job whose checkpoints are a list or {glob: PATTERN}")
@@ -31,6 +32,34 @@ def add_parsers(sub) -> None:
         help="a checkpoint counts once unchanged this many seconds (60)",
     )
     watch.add_argument("--until-step", type=int, help="stop once a checkpoint at or past this step is done")
+    no_compact(watch)
+
+
+def no_compact(parser) -> None:
+    parser.add_argument(
+        "--no-compact",
+        action="store_true",
+        help="leave the checkpoints this run completed uncompacted (default: compact each, as `lake compact`)",
+    )
+
+
+def compact_completed(jobs: list, report, args) -> None:
+    """Compact each (model, checkpoint) of the jobs that the run computed and left complete (none of its units
+    failed, its lake answering); a failure to compact is a warning, never a failed run."""
+    if getattr(args, "no_compact", False):
+        return
+    from neuronxa_ray.lake import Lake
+    from neuronxa_ray.lake.compaction import compact_after_run
+
+    failed = {(f.model, f.checkpoint) for f in report.failed}
+    computed = {(row["model"], row["checkpoint"]) for row in report.runs}
+    for job in jobs:
+        lake = Lake(job.lake)
+        if lake.uri in report.lakes_down:
+            continue
+        ours = (job.model_name, *(i.model_name(job.model_name) for i in job.interventions))
+        keys = [k for k in computed - failed if k[0] in ours]
+        compact_after_run(lake, keys)
 
 
 def _load_jobs(paths: list[str], args) -> list:
@@ -53,6 +82,7 @@ def cmd_run(args) -> int:
     jobs = _load_jobs(args.jobs, args)
     options = RunOptions(progress=False if args.no_progress else None, force=args.force, recompute=args.recompute)
     report = run_jobs(jobs, options)
+    compact_completed(jobs, report, args)
     for row in report.runs:
         print(
             f"{row['model']} @ {row['checkpoint']}: {row['n_languages_computed']} languages x {row['n_sentences']} "
@@ -125,6 +155,7 @@ def cmd_watch(args) -> int:
 
     def run(sub) -> None:
         result = run_jobs([sub], options)
+        compact_completed([sub], result, args)
         for failed in result.failed:
             print(f"failed: {failed.checkpoint} {failed.lang}: {failed.error}", file=sys.stderr)
         if result.failed:  # watch retries the checkpoint once its files change

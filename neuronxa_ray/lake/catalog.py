@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neuronxa_ray.lake.layout import is_temporary
+from neuronxa_ray.lake.layout import is_parquet, is_temporary
+from neuronxa_ray.lake.schema import FREE_TABLES
 from neuronxa_ray.lake.storage import Entry, Storage
+from neuronxa_ray.lake.visibility import LEFT_OUT_BROKEN, label_of, visible
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,13 @@ SNAPSHOT_SCHEMA = pa.schema(
         pa.field("marker_bytes", pa.int64()),
         pa.field("files", pa.list_(_FILE)),  # what the language's views read (paths relative to the lake)
         pa.field("record", pa.string(), False),  # the marker as JSON, every field
+        # what the views make of the marker when every file of its checkpoint is as recorded (opening.py):
+        pa.field("visible", pa.bool_()),  # counted by the views
+        pa.field("left_out", pa.string()),  # else why it is left out (visibility.LEFT_OUT_*)
+        pa.field("left_out_label", pa.string()),  # and the label of its line
     ]
 )
+SNAPSHOT_ROW_GROUP = 4096  # rows are sorted by marker path: a reader wanting one checkpoint's records reads a group
 
 
 @dataclass
@@ -76,6 +83,7 @@ class CatalogState:
     superseded: dict[str, float] = field(default_factory=dict)
     folded: set[str] = field(default_factory=set)  # log entry names the state includes
     snapshot: str | None = None
+    free: dict[str, int] = field(default_factory=dict)  # runs/benchmarks/attempts files whose footer read: bytes
 
     def apply(self, name: str, entry: dict) -> None:
         for rel, record in (entry.get("markers") or {}).items():
@@ -161,7 +169,7 @@ class Catalog:
             _commits[self.storage.uri] = since + 1
             return
         entries = self.storage.list(ROOT)
-        if not any(_is_snapshot(e.path) or _is_entry(e.path) for e in entries):
+        if not any(is_snapshot(e.path) or is_entry(e.path) for e in entries):
             found, found_sizes = all_markers()
             markers, sizes = {**found, **markers}, {**found_sizes, **(sizes or {})}
         self.append(markers, superseded, sizes=sizes)
@@ -171,9 +179,9 @@ class Catalog:
     def maybe_fold(self, entries=None) -> None:
         """Fold when FOLD_EVERY entries are newer than the newest snapshot (from one listing; names carry times)."""
         entries = self.storage.list(ROOT) if entries is None else entries
-        snaps = [e.path for e in entries if _is_snapshot(e.path)]
+        snaps = [e.path for e in entries if is_snapshot(e.path)]
         newest = _entry_time(max(snaps)) if snaps else 0.0
-        pending = sum(1 for e in entries if _is_entry(e.path) and _entry_time(e.path) >= newest)
+        pending = sum(1 for e in entries if is_entry(e.path) and _entry_time(e.path) >= newest)
         if pending >= FOLD_EVERY:
             try:
                 self.fold()
@@ -185,12 +193,34 @@ class Catalog:
         state = self.load() if state is None else state
         if state is None:
             state = CatalogState()
+        state.free = self.readable_free(state.free)
         rel = self.write_snapshot(state)
         self.clean(rel)
         return rel
 
+    def readable_free(self, known: dict[str, int]) -> dict[str, int]:
+        """runs/benchmarks/attempts files whose Parquet footer reads (path -> bytes): those known at their size,
+        the footers of the others read now, so that opening the lake reads only the footers of newer files."""
+        out = {}
+        for table in FREE_TABLES:
+            for path, size in self.storage.sizes(table).items():
+                if not is_parquet(path):
+                    continue
+                if known.get(path) == size or _footer_reads(self.storage, path):
+                    out[path] = size
+        return out
+
     def write_snapshot(self, state: CatalogState) -> str:
         rows = sorted(state.markers.items())
+        why: dict[str, tuple[str, str]] = {}
+        ok = {rel: r for rel, r in rows if isinstance(r.get("files"), list)}
+        for rel, r in rows:
+            if rel not in ok:
+                why[rel] = (LEFT_OUT_BROKEN, label_of(r, rel))
+        try:
+            shown: set[int] | None = {id(r) for r in visible(ok, why=why)[0]}
+        except (KeyError, TypeError, AttributeError, ValueError):  # a record the rules cannot read: no verdicts
+            shown, why = None, {}  # (opening then reads every checkpoint as before)
         columns = {
             "marker": [rel for rel, _ in rows],
             "marker_bytes": [state.sizes.get(rel) for rel, _ in rows],
@@ -198,12 +228,15 @@ class Catalog:
             "checkpoint_fingerprint": [r.get("checkpoint_fingerprint") for _, r in rows],
             "files": [[{k: f.get(k) for k in _FILE.names} for f in r.get("files") or []] for _, r in rows],
             "record": [json.dumps(r) for _, r in rows],
+            "visible": [None if shown is None else id(r) in shown for _, r in rows],
+            "left_out": [why[rel][0] if rel in why else None for rel, _ in rows],
+            "left_out_label": [why[rel][1] if rel in why else None for rel, _ in rows],
         }
-        meta = {"folded": sorted(state.folded), "superseded": state.superseded}
+        meta = {"folded": sorted(state.folded), "superseded": state.superseded, "free": state.free}
         schema = SNAPSHOT_SCHEMA.with_metadata({KEY: json.dumps(meta).encode()})
         table = pa.table(columns, schema=schema)
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
+        pq.write_table(table, sink, compression="zstd", row_group_size=SNAPSHOT_ROW_GROUP)
         rel = f"{ROOT}/snapshot-{_name()}.parquet"
         self.storage.write_bytes(rel, sink.getvalue())
         return rel
@@ -217,9 +250,9 @@ class Catalog:
             folded = _read_snapshot(self.storage, newest).folded
         except (OSError, pa.ArrowException, ValueError):
             return
-        snaps = sorted(e.path for e in entries if _is_snapshot(e.path))
+        snaps = sorted(e.path for e in entries if is_snapshot(e.path))
         old = [p for p in snaps[:-2] if _entry_time(p) < cutoff and p != newest]
-        done = [e.path for e in entries if _is_entry(e.path) and _entry_name(e.path) in folded]
+        done = [e.path for e in entries if is_entry(e.path) and entry_name(e.path) in folded]
         for rel in old + [p for p in done if _entry_time(p) < cutoff]:
             self.storage.delete(rel)
 
@@ -229,12 +262,12 @@ class Catalog:
         entries = self.storage.list(ROOT)
         found, sizes = all_markers()
         state = CatalogState(dict(found), dict(sizes), dict(superseded or {}))
-        state.folded = {_entry_name(e.path) for e in entries if _is_entry(e.path)}
+        state.folded = {entry_name(e.path) for e in entries if is_entry(e.path)}
         return self.fold(state)
 
     # -- reading -------------------------------------------------------------------------------------------------
     def exists(self) -> bool:
-        return any(_is_snapshot(e.path) or _is_entry(e.path) for e in self.storage.list(ROOT))
+        return any(is_snapshot(e.path) or is_entry(e.path) for e in self.storage.list(ROOT))
 
     def load(self, workers: int = 16) -> CatalogState | None:
         """The catalogue's state, or None when the lake has none (written before catalogues, or empty)."""
@@ -247,12 +280,12 @@ class Catalog:
 
     def _load(self, workers: int) -> CatalogState | None:
         entries = self.storage.sizes(ROOT)
-        snaps = sorted(p for p in entries if _is_snapshot(p))
-        logs = sorted((p for p in entries if _is_entry(p)), key=_entry_name)
+        snaps = sorted(p for p in entries if is_snapshot(p))
+        logs = sorted((p for p in entries if is_entry(p)), key=entry_name)
         if not snaps and not logs:
             return None
         state = _read_snapshot(self.storage, snaps[-1]) if snaps else CatalogState()
-        pending = [p for p in logs if _entry_name(p) not in state.folded]
+        pending = [p for p in logs if entry_name(p) not in state.folded]
 
         def read(rel: str) -> dict:
             entry = json.loads(self.storage.read_bytes(rel))
@@ -262,19 +295,19 @@ class Catalog:
 
         with ThreadPoolExecutor(max_workers=min(workers, max(1, len(pending)))) as pool:
             for rel, entry in zip(pending, pool.map(read, pending)):
-                state.apply(_entry_name(rel), entry)
+                state.apply(entry_name(rel), entry)
         return state
 
 
-def _is_snapshot(path: str) -> bool:
+def is_snapshot(path: str) -> bool:
     return path.startswith(f"{ROOT}/snapshot-") and path.endswith(".parquet")
 
 
-def _is_entry(path: str) -> bool:
+def is_entry(path: str) -> bool:
     return path.startswith(f"{LOG_DIR}/") and path.endswith(".json") and not posixpath.basename(path).startswith(".")
 
 
-def _entry_name(path: str) -> str:
+def entry_name(path: str) -> str:
     return posixpath.basename(path).removesuffix(".json")
 
 
@@ -287,7 +320,17 @@ def _read_snapshot(storage: Storage, rel: str) -> CatalogState:
     state = CatalogState(markers, sizes, {k: float(v) for k, v in meta.get("superseded", {}).items()})
     state.folded = set(meta.get("folded", []))
     state.snapshot = rel
+    state.free = {k: int(v) for k, v in (meta.get("free") or {}).items()}
     return state
+
+
+def _footer_reads(storage: Storage, rel: str) -> bool:
+    try:
+        with storage.open_input_file(rel) as src:
+            pq.read_metadata(src)
+        return True
+    except (OSError, pa.ArrowException):
+        return False
 
 
 CATALOG_TEMPORARY_S = 30.0  # a catalogue write takes milliseconds: a temporary file this old was left by a kill

@@ -68,16 +68,23 @@ def compact(
     checkpoint: str | None = None,
     vacuum_after_s: float = VACUUM_S,
     crash_after: str | None = None,
+    keys: list[tuple[str, str]] | None = None,
+    fold: bool = True,
 ) -> Compaction:
-    """Compact every complete checkpoint (or those of model / checkpoint). crash_after: a step name ("files",
-    "markers", "catalogue") after which to raise, for the tests of crash safety."""
+    """Compact every complete checkpoint (or those of model / checkpoint, or the (model, checkpoint) keys).
+    The catalogue is read once for all of them (and once more to vacuum), so compacting one checkpoint costs one
+    reading of the catalogue, not one per checkpoint. fold: write a snapshot afterwards (`lake compact`); else
+    the log is folded as writers fold it. crash_after: a step name ("files", "markers", "catalogue") after which to
+    raise, for the tests of crash safety."""
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     catalog = Catalog(lake.storage)
     out = Compaction()
-    if model is not None and checkpoint is not None:
+    state = catalog.load()
+    if keys is not None:
+        keys = sorted(set(keys))
+    elif model is not None and checkpoint is not None:
         keys = [(model, checkpoint)]
     else:  # the checkpoints the catalogue knows (else every marker's)
-        state = catalog.load()
         records = state.markers.values() if state is not None else lake.markers().values()
         keys = sorted(
             {
@@ -88,30 +95,49 @@ def compact(
         )
     for key in keys:
         label = f"{key[0]} @ {key[1]}"
-        why = _compact_checkpoint(lake, catalog, *key, crash_after)
+        why = _compact_checkpoint(lake, catalog, state or CatalogState(), *key, crash_after)
         if isinstance(why, str):
             out.skipped[label] = why
         else:
             out.compacted[label] = why
     state = catalog.load()
     out.vacuumed = sorted(set(state.superseded if state else {}) - set(vacuum(lake.storage, state, vacuum_after_s)))
-    if state is not None:
-        catalog.fold()
+    if state is not None and fold:
+        catalog.fold(state)  # entries written since it was read stay in the log, unfolded
     return out
 
 
+def compact_after_run(lake: Lake | str, keys: list[tuple[str, str]]) -> Compaction | None:
+    """Compact the (model, checkpoint)s a run completed, as `lake compact` would, and fold the catalogue into a
+    snapshot (so that the next reader opens the lake from one file); never fails the run: a failure is one warning
+    (the lake stays as the run left it, and `lake compact` can do it later)."""
+    if not keys:
+        return None
+    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    try:
+        done = compact(lake, keys=keys)
+    except Exception as e:  # compaction is an optimisation: the run's results are in the lake already
+        log.warning("lake %s: not compacted after the run (%s); `neuronxa-ray lake compact` can do it later",
+                    lake.uri, " ".join(str(e).split())[:200])  # fmt: skip
+        return None
+    for label, why in done.skipped.items():
+        if why != "nothing to compact":
+            log.info("lake %s: %s not compacted: %s", lake.uri, label, why)
+    return done
+
+
 def _compact_checkpoint(
-    lake: Lake, catalog: Catalog, model: str, checkpoint: str, crash_after: str | None
+    lake: Lake, catalog: Catalog, state: CatalogState, model: str, checkpoint: str, crash_after: str | None
 ) -> tuple[int, int] | str:
-    """Compact one checkpoint: (files before, files after), or why it was skipped."""
+    """Compact one checkpoint: (files before, files after), or why it was skipped. state: the catalogue as read
+    before (its records of this checkpoint: files an interrupted compaction left named)."""
     storage = lake.storage
     writer = _writing_run(storage, model, checkpoint)
     if writer is not None:
         return f"run {writer} is writing it"
     prefix = partition("_done", model, checkpoint) + "/"
-    state = catalog.load() or CatalogState()  # before reconciling: files an interrupted compaction left named
     named_before = {f["path"] for rel, r in state.markers.items() if rel.startswith(prefix) for f in r["files"]}
-    lake.reconcile(model, checkpoint)
+    lake.reconcile(model, checkpoint, state)
     markers = lake.markers(prefix)
     sizes = {e.path: e.size for t in TABLES_WITH_MARKERS for e in storage.list(partition(t, model, checkpoint))}
     wrong = {rel: lake.verify(r, sizes) for rel, r in markers.items()}

@@ -17,25 +17,21 @@ import pyarrow.parquet as pq
 from neuronxa_ray.lake.catalog import Catalog, CatalogState, stale_temporary
 from neuronxa_ray.lake.layout import done_marker, is_parquet, is_temporary, reject_schema_1
 from neuronxa_ray.lake.leases import LEASE_TIMEOUT_S, lease_alive, read_lease
-from neuronxa_ray.lake.markers import MarkerSource, pair_fingerprint
+from neuronxa_ray.lake.markers import MarkerSource
 from neuronxa_ray.lake.schema import FREE_TABLES, PAIR_TABLES, TABLES_WITH_MARKERS
 from neuronxa_ray.lake.storage import Entry, Storage
+from neuronxa_ray.lake.visibility import (  # noqa: F401 - re-exported: the scan's vocabulary
+    LEFT_OUT_BROKEN,
+    LEFT_OUT_PIVOT,
+    LEFT_OUT_PRECISION,
+    LEFT_OUT_SETTINGS,
+    LEFT_OUT_SOURCES,
+    Problem,
+    label_of,
+    visible,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Something `lake check` found: kind is broken | stale | orphaned | temporary | stale-lease | legacy |
-    catalogue."""
-
-    kind: str
-    path: str  # the marker, file or lease (relative to the lake root)
-    detail: str
-    delete: tuple[str, ...] = ()  # what --repair deletes
-
-    def __str__(self) -> str:
-        return f"{self.kind:<11} {self.path}: {self.detail}"
 
 
 @dataclass
@@ -49,21 +45,6 @@ class Scan:
     free: dict[str, list[str]] = field(default_factory=dict)  # runs/benchmarks/attempts files whose footer reads
     parsed: dict[str, dict] = field(default_factory=dict)  # marker path -> record, for every valid marker
     catalog: CatalogState | None = None  # the catalogue as read during the scan
-
-
-LEFT_OUT_BROKEN = "whose files are missing or changed"
-LEFT_OUT_SOURCES = "whose source languages changed or are gone"
-LEFT_OUT_PIVOT = "whose pivot is missing or does not verify"
-LEFT_OUT_SETTINGS = "computed with other settings or weights than their pivot"
-LEFT_OUT_PRECISION = "computed at another precision than their pivot (rerun with --force, or set dtype and device)"
-
-
-def _label(record: dict | None, rel: str) -> str:
-    if isinstance(record, dict) and all(isinstance(record.get(k), str) for k in ("model", "checkpoint", "lang")):
-        pivot = record.get("pivot_lang")
-        pair = f"{pivot}-{record['lang']}" if record.get("sources") and isinstance(pivot, str) else record["lang"]
-        return f"{record['model']} @ {record['checkpoint']}: {pair}"
-    return f"{rel}:"
 
 
 def summarise_left_out(left_out: list[tuple[str, str]], names: int = 8) -> str:
@@ -88,63 +69,6 @@ def summarise_left_out(left_out: list[tuple[str, str]], names: int = 8) -> str:
     )
 
 
-def visible(ok: dict[str, dict], done_marker) -> tuple[list[dict], list[Problem], list[str], list[tuple[str, str]]]:
-    """The consistency rules over verified markers (path -> record): a language counts when its pivot's marker
-    verifies with the same checkpoint_fingerprint and precision; a pair computed from stored states (`sources`)
-    when both sources verify with the fingerprints it was computed from. Returns (complete records, stale
-    problems, one line per left-out language, (reason, label) per left-out language)."""
-    complete, problems, excluded, left_out = [], [], [], []
-    pivots: dict[tuple[str, str, str], str] = {}  # done_marker slugs every value: once per checkpoint and pivot
-    for rel, record in ok.items():
-        what = f"{record['model']} @ {record['checkpoint']}, pivot {record['pivot_lang']}, {record['lang']}"
-        label = _label(record, rel)
-        if "sources" in record:  # a pair computed from two languages' stored states: both must be current
-            gone = [r for r in record["sources"] if r not in ok]
-            other = [
-                r
-                for r in record["sources"]
-                if r in ok and ok[r].get("checkpoint_fingerprint") != record.get("checkpoint_fingerprint")
-            ]
-            fps = [ok[r]["fingerprint"] for r in record["sources"]] if not gone else []
-            if not gone and (len(fps) != 2 or record.get("fingerprint") != pair_fingerprint(*fps)):
-                other = list(record["sources"])  # a source language was recomputed since the pair was
-            if gone or other:
-                detail = f"its source languages changed or are gone ({', '.join(gone + other)})"
-                excluded.append(f"{what}: {detail}")
-                left_out.append((LEFT_OUT_SOURCES, label))
-                problems.append(Problem("stale", rel, detail, (rel,)))
-            else:
-                complete.append(record)
-            continue
-        key = (record["model"], record["checkpoint"], record["pivot_lang"])
-        pivot_rel = pivots.get(key) or pivots.setdefault(key, done_marker(*key, record["pivot_lang"]))
-        pivot = ok.get(pivot_rel)
-        if pivot is None:
-            excluded.append(f"{what}: its pivot's marker {pivot_rel} is missing or does not verify")
-            left_out.append((LEFT_OUT_PIVOT, label))
-            continue
-        if pivot.get("checkpoint_fingerprint") != record.get("checkpoint_fingerprint"):
-            detail = (
-                f"computed with other settings or weights than its pivot (checkpoint_fingerprint "
-                f"{record.get('checkpoint_fingerprint')!r} vs {pivot.get('checkpoint_fingerprint')!r})"
-            )
-            excluded.append(f"{what}: {detail}")
-            left_out.append((LEFT_OUT_SETTINGS, label))
-            problems.append(Problem("stale", rel, detail, (rel,)))
-            continue
-        if pivot.get("precision") and record.get("precision") and pivot["precision"] != record["precision"]:
-            detail = (
-                f"computed as {record['precision']}, its pivot as {pivot['precision']} (dtype or device 'auto' "
-                "resolved on other hardware): rerun with --force, or set dtype and device"
-            )
-            excluded.append(f"{what}: {detail}")
-            left_out.append((LEFT_OUT_PRECISION, f"{label} as {record['precision']}, pivot {pivot['precision']}"))
-            problems.append(Problem("stale", rel, detail, (rel,)))
-            continue
-        complete.append(record)
-    return complete, problems, excluded, left_out
-
-
 @dataclass
 class ViewFiles:
     """What the views read: table -> files, and for compacted files of which only some languages are current,
@@ -155,18 +79,36 @@ class ViewFiles:
 
     @classmethod
     def of(cls, complete: list[dict], free: dict[str, list[str]]) -> ViewFiles:
+        """From complete marker records and the readable runs/benchmarks/attempts files."""
+        entries = [
+            (
+                f["table"],
+                f["path"],
+                f["rows"],
+                f.get("file_rows"),
+                (record["pivot_lang"], record["lang"]) if f["table"] in PAIR_TABLES else (record["lang"],),
+            )
+            for record in complete
+            for f in record["files"]
+        ]
+        return cls.of_entries(entries, free)
+
+    @classmethod
+    def of_entries(
+        cls, entries: list[tuple[str, str, int, int | None, tuple[str, ...]]], free: dict[str, list[str]]
+    ) -> ViewFiles:
+        """From (table, path, rows, file_rows, key) of every file a complete language's marker names (key: its
+        (pivot_lang, lang) for pair tables, (lang,) else; file_rows set for a compacted file)."""
         files: dict[str, dict[str, None]] = {t: {} for t in (*TABLES_WITH_MARKERS, *FREE_TABLES)}
         keys: dict[str, dict[tuple[str, ...], int]] = {}  # compacted file -> current key -> its rows there
         whole: dict[str, int] = {}
-        for record in complete:
-            for f in record["files"]:
-                if f["table"] not in files:
-                    continue
-                files[f["table"]][f["path"]] = None
-                if f.get("file_rows") is not None:  # a compacted file: which of its languages are current
-                    whole[f["path"]] = f["file_rows"]
-                    key = (record["pivot_lang"], record["lang"]) if f["table"] in PAIR_TABLES else (record["lang"],)
-                    keys.setdefault(f["path"], {})[key] = f["rows"]
+        for table, path, rows, file_rows, key in entries:
+            if table not in files:
+                continue
+            files[table][path] = None
+            if file_rows is not None:  # a compacted file: which of its languages are current
+                whole[path] = file_rows
+                keys.setdefault(path, {})[key] = rows
         for table, paths in free.items():
             files[table].update(dict.fromkeys(paths))
         partial: dict[str, dict[str, list[tuple[str, ...]]]] = {}
@@ -236,7 +178,7 @@ def _broken(
             own = tuple(p for p in own if p in sizes)
             kind = "legacy" if record is not None and "files" not in record else "broken"
             problems.append(Problem(kind, rel, "; ".join(wrong), (rel, *own)))
-            left_out.append((LEFT_OUT_BROKEN, _label(record, rel)))
+            left_out.append((LEFT_OUT_BROKEN, label_of(record, rel)))
     return problems, left_out
 
 
@@ -301,48 +243,37 @@ def live_leases(storage: Storage, entries: list[Entry], problems: list[Problem])
     return live
 
 
-def view_files(lake: MarkerSource, workers: int = 16) -> ViewFiles:
-    """What the views read: the files of complete, consistent languages (from the catalogue when the lake has
-    one, checked against one listing of each table's sizes; else from every marker, verified), and the runs,
-    benchmarks and attempts files whose Parquet footer reads. What is left out is said in one line."""
-    state = catalog_state(lake)
-    if state is None:
-        scanned = scan(lake, workers)
-        complete, left_out, free = scanned.complete, scanned.left_out, scanned.free
-        bad_free = [p for p in scanned.problems if p.path.split("/", 1)[0] in FREE_TABLES]
-    else:
-        complete, left_out = _catalogued(lake, state)
-        listed = sorted(p for t in FREE_TABLES for p in lake.storage.sizes(t) if is_parquet(p))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            why = dict(zip(listed, pool.map(lambda rel: unreadable(lake.storage, rel), listed)))
-        free = {t: [p for p in listed if p.startswith(t + "/") and not why[p]] for t in FREE_TABLES}
-        bad_free = [Problem("broken", p, w, (p,)) for p, w in why.items() if w]
-    if left_out:
-        log.warning("lake %s: %s", lake.uri, summarise_left_out(left_out))
-    for p in bad_free:
-        log.warning("lake %s: skipped unreadable file %s (%s)", lake.uri, p.path, p.detail)
-    return ViewFiles.of(complete, free)
-
-
-def _catalogued(lake: MarkerSource, state: CatalogState) -> tuple[list[dict], list[tuple[str, str]]]:
-    """(complete records, left-out lines) from the catalogue, each file checked against one listing's sizes."""
-    markers = _listed_markers(lake, state)
-    sizes = {p: n for t in TABLES_WITH_MARKERS for p, n in lake.storage.sizes(t).items()}
+def catalogued(
+    lake: MarkerSource,
+    state: CatalogState,
+    listed: dict[str, int] | None = None,
+    sizes: dict[str, int] | None = None,
+) -> tuple[list[dict], list[tuple[str, str]]]:
+    """(complete records, left-out lines) from the catalogue, each file checked against one listing's sizes.
+    listed: marker path -> bytes under _done/ (default: listed now), sizes: every table file -> bytes (same)."""
+    markers = _listed_markers(lake, state, listed)
+    if sizes is None:
+        sizes = {p: n for t in TABLES_WITH_MARKERS for p, n in lake.storage.sizes(t).items()}
     ok, left_out = {}, []
     for rel, record in markers.items():
         files = record.get("files")
         if isinstance(files, list) and all(sizes.get(f["path"]) == f["bytes"] for f in files):
             ok[rel] = record
         else:
-            left_out.append((LEFT_OUT_BROKEN, _label(record, rel)))
+            left_out.append((LEFT_OUT_BROKEN, label_of(record, rel)))
     complete, _, _, more = visible(ok, done_marker)
     return complete, left_out + more
 
 
-def _listed_markers(lake: MarkerSource, state: CatalogState) -> dict[str, dict]:
+def listed_markers(lake: MarkerSource) -> dict[str, int]:
+    """Marker path -> bytes of every marker under _done/ (one listing)."""
+    return {p: n for p, n in lake.storage.sizes("_done").items() if p.endswith(".json")}
+
+
+def _listed_markers(lake: MarkerSource, state: CatalogState, listed: dict[str, int] | None) -> dict[str, dict]:
     """The catalogue's records of the markers one listing of _done/ shows: a marker the catalogue lacks or
     holds at another size (a writer died between the two, a marker rewritten) is read; one deleted is gone."""
-    listed = {p: n for p, n in lake.storage.sizes("_done").items() if p.endswith(".json")}
+    listed = listed_markers(lake) if listed is None else listed
     out, unread = {}, []
     for path, size in listed.items():
         record = state.markers.get(path)

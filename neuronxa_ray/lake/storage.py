@@ -285,6 +285,20 @@ class Storage:
         except FileNotFoundError:
             return False
 
+    def prune_empty_dirs(self, rel: str, keep: int = 3) -> None:
+        """Remove the empty local directories above a deleted file, up to its first `keep` path components (the
+        table/model=/checkpoint= partition stays); listings then walk no empty language directories. Object
+        stores have no directories: nothing to do."""
+        if not self.is_local:
+            return
+        parts = rel.split("/")[:-1]
+        while len(parts) > keep:
+            try:
+                os.rmdir(self.path("/".join(parts)))
+            except OSError:  # not empty (or gone): stop
+                return
+            parts.pop()
+
     def check_writable(self) -> None:
         """Raise ValueError (one line: the lake and the cause) unless a probe file can be written and deleted.
 

@@ -27,7 +27,8 @@ from neuronxa_ray.lake.encoders import states_arrays
 from neuronxa_ray.lake.leases import LEASE_TIMEOUT_S, Lease, acquire, tidy
 from neuronxa_ray.lake.markers import WrittenFile, crc32_of, is_complete, marker_record, read_marker, read_markers
 from neuronxa_ray.lake.markers import verify as verify_files
-from neuronxa_ray.lake.scan import Problem, Scan, ViewFiles, view_files
+from neuronxa_ray.lake.opening import view_files
+from neuronxa_ray.lake.scan import Problem, Scan, ViewFiles
 from neuronxa_ray.lake.scan import scan as scan_lake
 from neuronxa_ray.lake.schema import SCHEMAS, WRITE_OPTIONS, table_schema
 from neuronxa_ray.lake.storage import Entry, Storage
@@ -130,12 +131,13 @@ class Lake:
         # after the marker (markers are the truth): the catalogue entry that readers open the lake from
         Catalog(self.storage).commit({rel: record}, self.marker_index, sizes={rel: len(data)})
 
-    def reconcile(self, model: str, checkpoint: str) -> int:
+    def reconcile(self, model: str, checkpoint: str, state: CatalogState | None = None) -> int:
         """Bring the catalogue in line with one checkpoint's markers (a writer that died between its marker and
-        its catalogue entry, a marker deleted by hand); returns the markers changed. Called under a run's lease."""
+        its catalogue entry, a marker deleted by hand); returns the markers changed. Called under a run's lease.
+        state: the catalogue as just read (else it is read)."""
         prefix = self._partition("_done", model, checkpoint) + "/"
         catalog = Catalog(self.storage)
-        state = catalog.load() or CatalogState()
+        state = state or catalog.load() or CatalogState()
         found, sizes = self.marker_index(prefix)
         current = {rel: r for rel, r in state.markers.items() if rel.startswith(prefix)}
         changes: dict[str, dict | None] = {rel: r for rel, r in found.items() if current.get(rel) != r}
@@ -197,7 +199,7 @@ class Lake:
         return scan_lake(self, workers, checksums)
 
     def view_files(self, workers: int = 16) -> ViewFiles:
-        """What the views read (scan.py)."""
+        """What the views read (opening.py)."""
         return view_files(self, workers)
 
     def verified_files(self, workers: int = 16) -> dict[str, list[str]]:

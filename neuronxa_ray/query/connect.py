@@ -16,11 +16,7 @@ import pyarrow as pa
 from neuronxa_ray.lake import Lake, table_schema
 from neuronxa_ray.query.functions import register as register_functions
 
-UNIFORM = (
-    "matches",
-    "neuron_counts",
-    "perplexity",
-)  # one schema in every file (sentence_states: float16 or float32 states)
+UNIFORM = ("matches", "neuron_counts", "perplexity")  # one schema in every file (sentence_states: float16 or float32)
 RAW_TABLES = (
     "sentence_states",
     "neuron_counts",
@@ -31,6 +27,10 @@ RAW_TABLES = (
     "benchmarks",
     "attempts",
 )
+# one small file per run, import or part: read as Arrow datasets with the table's schema (older files' missing
+# columns as nulls), which bind without opening a file; DuckDB's union_by_name opens every file each time a view
+# over them is bound (1.9 s for 500 checkpoints' runs files at connect)
+SMALL_TABLES = ("runs", "benchmarks", "attempts")
 
 
 def _quote(text: str) -> str:
@@ -64,9 +64,9 @@ def connect(lake: str | Path | Lake, database: str = ":memory:", reader: str = "
 
     Views read only verified files: languages whose completion marker verifies and agrees with its pivot's
     checkpoint_fingerprint; runs/benchmarks/attempts files whose footer reads (the rest are left out with a
-    warning naming them). reader: 'duckdb' (DuckDB's own Parquet reader over a list of local files), 'arrow'
-    (pyarrow datasets on the lake's filesystem, handed to DuckDB; works for every store, no DuckDB extension),
-    'auto' (duckdb for a local lake, arrow for object stores).
+    warning naming them). reader: 'duckdb' (DuckDB's own Parquet reader over a list of local files; runs,
+    benchmarks and attempts always as Arrow datasets), 'arrow' (pyarrow datasets on the lake's filesystem, handed to
+    DuckDB; works for every store, no DuckDB extension), 'auto' (duckdb for a local lake, arrow for object stores).
     """
     import pyarrow.dataset as ds
 
@@ -86,7 +86,7 @@ def connect(lake: str | Path | Lake, database: str = ":memory:", reader: str = "
         if not paths:  # no files yet: an empty view with the table's columns, so every query still binds
             con.register(f"_empty_{table}", pa.table({f.name: pa.array([], f.type) for f in schema}))
             con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _empty_{table}")
-        elif native:
+        elif native and table not in SMALL_TABLES:
             parts = []
             if whole:
                 listed = ", ".join(_quote(lake.storage.path(p)) for p in whole)
