@@ -5,6 +5,8 @@ reference: a plain Hugging Face causal LM, one sentence at a time, the activatio
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -161,8 +163,16 @@ def test_run_prints_the_intervention_table(evaluated, capsys):
 
     with open(job, "w") as f:
         yaml.safe_dump(raw, f)
+    query = "SELECT * FROM perplexity_summary ORDER BY model, lang"
+    before = connect(raw["lake"]).execute(query).fetchall()
     assert main(["run", job, "--no-progress"]) == 0
     out = capsys.readouterr().out
+    assert main(["lake", "compact", "--lake", raw["lake"]]) == 0  # perplexity too: one file per checkpoint
+    from neuronxa_ray.lake import Lake
+
+    files = sorted(Path(p).name for p in Lake(raw["lake"]).view_files().files["perplexity"])  # what views read
+    assert len(files) == 5 and all(name.startswith("compacted-") for name in files), files
+    assert connect(raw["lake"]).execute(query).fetchall() == before
     assert "neurons switched off" in out
     header = next(line.split() for line in out.splitlines() if line.split()[:1] == ["lang"] and "lape:fra" in line)
     assert header[1:] == sorted(["file:neurons.csv", "lape:all", "lape:fra", "random:fra:seed0"])

@@ -46,10 +46,11 @@ from neuronxa_ray.lake.vacuum import VACUUM_S, vacuum
 
 log = logging.getLogger(__name__)
 
-COMPACTED_TABLES = ("matches", "neuron_counts")
+COMPACTED_TABLES = ("matches", "neuron_counts", "perplexity")
 SORT = {
     "matches": ["pivot_lang", "lang", "method", "layer", "sentence"],
     "neuron_counts": ["lang", "layer", "neuron"],
+    "perplexity": ["lang", "sentence"],
 }
 
 
