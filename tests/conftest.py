@@ -12,19 +12,30 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for the whole session (2 CPUs, a small object store), shut down at the end."""
+def _ray_shutdown_at_end():
+    yield
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=2,
-        object_store_memory=200 * 1024 * 1024,
-        include_dashboard=False,
-        configure_logging=False,
-    )
-    yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_session(_ray_shutdown_at_end):
+    """One local Ray (2 CPUs, a small object store) shared by the modules that ask for it, shut down at the end of
+    the session. Started again when a module before this one ended it (test_cluster.py replaces it by a cluster of
+    its own), so that no module depends on the order in which modules run (pytest-xdist gives each worker its own
+    share of the modules, in its own order)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address="local",
+            num_cpus=2,
+            object_store_memory=200 * 1024 * 1024,
+            include_dashboard=False,
+            configure_logging=False,
+        )
+    return ray
 
 
 def _free_ports(n: int) -> list[int]:
@@ -146,3 +157,30 @@ def s3_env(s3_server, monkeypatch):
     for k, v in s3_server["env"].items():
         monkeypatch.setenv(k, v)
     return s3_server
+
+
+# The modules that take longest, slowest first: they start first, so that `make test`'s pytest-xdist workers
+# (--dist loadfile --no-loadscope-reorder: each module whole on one worker, in this order) finish together instead
+# of one of them starting a long module at the end. Only an order: a module missing here runs after these.
+SLOW_FIRST = (
+    "test_real_model",  # the Gemma 3 270M demo run, then MEXA's own procedure sentence by sentence
+    "test_fault_injection",  # ten driver kills and reruns
+    "test_real_interventions",  # Gemma 3 270M: a baseline and four interventions with its 262k-entry LM head
+    "test_report",  # a Gemma run, then Chromium
+    "test_reliability",
+    "test_pipeline",
+    "test_cluster",
+    "test_intervention_jobs",
+    "test_s3",
+    "test_interventions",
+    "test_watch",
+    "test_gpu_path",
+    "test_user_mistakes",
+    "test_extraction",
+    "test_wheel",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: each module keeps its own order
