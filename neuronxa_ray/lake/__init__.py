@@ -18,18 +18,7 @@ from neuronxa_ray.lake.encoders import (
 from neuronxa_ray.lake.layout import slug
 from neuronxa_ray.lake.leases import LEASE_TIMEOUT_S, Lease, lease_alive
 from neuronxa_ray.lake.markers import WrittenFile, crc32_of, is_complete, marker_problem, pair_fingerprint
-from neuronxa_ray.lake.scan import (
-    LEFT_OUT_BROKEN,
-    LEFT_OUT_PIVOT,
-    LEFT_OUT_PRECISION,
-    LEFT_OUT_SETTINGS,
-    LEFT_OUT_SOURCES,
-    Problem,
-    Scan,
-    ViewFiles,
-    summarise_left_out,
-    visible,
-)
+from neuronxa_ray.lake.scan import Scan, ViewFiles, summarise_left_out
 from neuronxa_ray.lake.schema import (
     FREE_TABLES,
     MATCH_COLUMNS,
@@ -42,6 +31,15 @@ from neuronxa_ray.lake.schema import (
     table_schema,
 )
 from neuronxa_ray.lake.store import Lake
+from neuronxa_ray.lake.visibility import (
+    LEFT_OUT_BROKEN,
+    LEFT_OUT_PIVOT,
+    LEFT_OUT_PRECISION,
+    LEFT_OUT_SETTINGS,
+    LEFT_OUT_SOURCES,
+    Problem,
+    visible,
+)
 
 __all__ = [
     "FREE_TABLES",

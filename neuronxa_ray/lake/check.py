@@ -7,8 +7,9 @@ import logging
 
 from neuronxa_ray.lake.catalog import Catalog
 from neuronxa_ray.lake.markers import MarkerSource
-from neuronxa_ray.lake.scan import Problem, Scan, scan
+from neuronxa_ray.lake.scan import Scan, scan
 from neuronxa_ray.lake.vacuum import vacuum
+from neuronxa_ray.lake.visibility import Problem
 
 log = logging.getLogger(__name__)
 

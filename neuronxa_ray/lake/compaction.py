@@ -38,11 +38,11 @@ from neuronxa_ray.lake.catalog import Catalog, CatalogState
 from neuronxa_ray.lake.layout import lease_dir, partition
 from neuronxa_ray.lake.leases import lease_alive, read_lease
 from neuronxa_ray.lake.markers import WrittenFile
-from neuronxa_ray.lake.scan import visible
 from neuronxa_ray.lake.schema import PAIR_TABLES, TABLES_WITH_MARKERS, table_schema
 from neuronxa_ray.lake.storage import Storage
 from neuronxa_ray.lake.store import Lake
 from neuronxa_ray.lake.vacuum import VACUUM_S, vacuum
+from neuronxa_ray.lake.visibility import visible
 
 log = logging.getLogger(__name__)
 

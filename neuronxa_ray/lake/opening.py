@@ -31,7 +31,6 @@ from neuronxa_ray.lake.catalog import ROOT as CATALOG_ROOT
 from neuronxa_ray.lake.layout import is_parquet
 from neuronxa_ray.lake.markers import MarkerSource
 from neuronxa_ray.lake.scan import (
-    Problem,
     ViewFiles,
     catalog_state,
     catalogued,
@@ -41,6 +40,7 @@ from neuronxa_ray.lake.scan import (
     unreadable,
 )
 from neuronxa_ray.lake.schema import FREE_TABLES, PAIR_TABLES, TABLES_WITH_MARKERS
+from neuronxa_ray.lake.visibility import Problem
 
 log = logging.getLogger(__name__)
 

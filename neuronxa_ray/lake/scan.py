@@ -20,12 +20,8 @@ from neuronxa_ray.lake.leases import LEASE_TIMEOUT_S, lease_alive, read_lease
 from neuronxa_ray.lake.markers import MarkerSource
 from neuronxa_ray.lake.schema import FREE_TABLES, PAIR_TABLES, TABLES_WITH_MARKERS
 from neuronxa_ray.lake.storage import Entry, Storage
-from neuronxa_ray.lake.visibility import (  # noqa: F401 - re-exported: the scan's vocabulary
+from neuronxa_ray.lake.visibility import (
     LEFT_OUT_BROKEN,
-    LEFT_OUT_PIVOT,
-    LEFT_OUT_PRECISION,
-    LEFT_OUT_SETTINGS,
-    LEFT_OUT_SOURCES,
     Problem,
     label_of,
     visible,

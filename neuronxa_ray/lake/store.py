@@ -28,10 +28,11 @@ from neuronxa_ray.lake.leases import LEASE_TIMEOUT_S, Lease, acquire, tidy
 from neuronxa_ray.lake.markers import WrittenFile, crc32_of, is_complete, marker_record, read_marker, read_markers
 from neuronxa_ray.lake.markers import verify as verify_files
 from neuronxa_ray.lake.opening import view_files
-from neuronxa_ray.lake.scan import Problem, Scan, ViewFiles
+from neuronxa_ray.lake.scan import Scan, ViewFiles
 from neuronxa_ray.lake.scan import scan as scan_lake
 from neuronxa_ray.lake.schema import SCHEMAS, WRITE_OPTIONS, table_schema
 from neuronxa_ray.lake.storage import Entry, Storage
+from neuronxa_ray.lake.visibility import Problem
 
 log = logging.getLogger(__name__)
 
