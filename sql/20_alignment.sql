@@ -5,7 +5,7 @@
 --
 -- The scores read `matches`: per (pivot, lang, method, layer, sentence i) the diagonal, the best rivals, the
 -- hit decisions and the partner's ranks, computed from C on the device (neuronxa_ray/compute/matching.py), O(n) rows per
--- layer. The cell-based path (O(n^2) cells of `similarity` or of state pairs) stays for ad-hoc checks:
+-- layer, through their counts per layer (`layer_hits`, 15_hits.sql: stored for compacted checkpoints). The cell-based path (O(n^2) cells of `similarity` or of state pairs) stays for ad-hoc checks:
 -- `mutual_nn_from_cells`, `alignment_from_cells`, `alignment_from_states` make the same decisions.
 -- Each view's grain (its unique key) is stated above it.
 
@@ -74,7 +74,7 @@ WITH layers AS (
 )
 SELECT
     model, checkpoint, method, pivot_lang, lang,
-    avg(score) AS score_mean,
+    avg(score ORDER BY layer) AS score_mean,  -- ordered: the same sum, bit for bit, every query
     max(score) AS score_max,
     min(layer) FILTER (WHERE score = layer_max) AS best_layer,
     CAST(count(*) AS INTEGER) AS n_layers,
@@ -95,9 +95,14 @@ FROM matches;
 -- Grain: (model, checkpoint, pivot_lang, lang, method, layer, sentence).
 CREATE OR REPLACE VIEW mutual_nn_from_cells AS SELECT * FROM mutual_nn('similarity_cells');
 
--- alignment(model, checkpoint, method, pivot_lang, lang, layer, score, n_sentences)
+-- alignment(model, checkpoint, method, pivot_lang, lang, layer, score, n_sentences): score is the share of
+-- mutual-NN hits, alignment_of('mutual_nn') counted per layer (layer_hits), equal to it bit for bit.
 -- Grain: (model, checkpoint, method, pivot_lang, lang, layer).
-CREATE OR REPLACE VIEW alignment AS SELECT * FROM alignment_of('matches');
+CREATE OR REPLACE VIEW alignment AS
+SELECT
+    model, checkpoint, method, pivot_lang, lang, CAST(layer AS INTEGER) AS layer,
+    mutual_hits::DOUBLE / n_sentences AS score, n_sentences
+FROM layer_hits;
 
 -- The same score from the stored cosine cells. Grain: (model, checkpoint, method, pivot_lang, lang, layer).
 CREATE OR REPLACE VIEW alignment_from_cells AS SELECT * FROM alignment_of('mutual_nn_from_cells');
@@ -108,31 +113,35 @@ CREATE OR REPLACE VIEW alignment_from_cells AS SELECT * FROM alignment_of('mutua
 CREATE OR REPLACE VIEW mutual_nn_from_states AS SELECT * FROM mutual_nn('state_similarity_cells');
 CREATE OR REPLACE VIEW alignment_from_states AS SELECT * FROM alignment_of('mutual_nn_from_states');
 
--- retrieval(model, checkpoint, method, pivot_lang, lang, layer, direction, accuracy)
--- Grain: (model, checkpoint, method, pivot_lang, lang, layer, direction).
-CREATE OR REPLACE VIEW retrieval AS SELECT * FROM retrieval_of('matches');
+-- retrieval(model, checkpoint, method, pivot_lang, lang, layer, direction, accuracy): retrieval_of('mutual_nn'),
+-- counted per layer (layer_hits). Grain: (model, checkpoint, method, pivot_lang, lang, layer, direction).
+CREATE OR REPLACE VIEW retrieval AS
+SELECT
+    model, checkpoint, method, pivot_lang, lang, CAST(layer AS INTEGER) AS layer, 'pivot_to_lang' AS direction,
+    pivot_to_lang_hits::DOUBLE / n_sentences AS accuracy
+FROM layer_hits
+UNION ALL
+SELECT
+    model, checkpoint, method, pivot_lang, lang, CAST(layer AS INTEGER) AS layer, 'lang_to_pivot' AS direction,
+    lang_to_pivot_hits::DOUBLE / n_sentences AS accuracy
+FROM layer_hits;
 
 -- retrieval_ranks(model, checkpoint, method, pivot_lang, lang, layer, direction, p_at_1, p_at_5, p_at_10, mrr,
 -- n_sentences): P@k = share of sentences whose partner ranks <= k (ties count against it, so p_at_1 equals
 -- retrieval's accuracy); MRR = mean of 1 / rank, 0 for a zero/NaN state (no rank).
 -- Grain: (model, checkpoint, method, pivot_lang, lang, layer, direction).
 CREATE OR REPLACE VIEW retrieval_ranks AS
-WITH directions AS (
-    SELECT model, checkpoint, method, pivot_lang, lang, layer, 'pivot_to_lang' AS direction, row_rank AS partner_rank
-    FROM matches
-    UNION ALL
-    SELECT model, checkpoint, method, pivot_lang, lang, layer, 'lang_to_pivot' AS direction, column_rank AS partner_rank
-    FROM matches
-)
 SELECT
-    model, checkpoint, method, pivot_lang, lang, CAST(layer AS INTEGER) AS layer, direction,
-    avg(CASE WHEN partner_rank <= 1 THEN 1.0 ELSE 0.0 END) AS p_at_1,
-    avg(CASE WHEN partner_rank <= 5 THEN 1.0 ELSE 0.0 END) AS p_at_5,
-    avg(CASE WHEN partner_rank <= 10 THEN 1.0 ELSE 0.0 END) AS p_at_10,
-    avg(coalesce(1.0::DOUBLE / partner_rank, 0.0)) AS mrr,
-    CAST(count(*) AS INTEGER) AS n_sentences
-FROM directions
-GROUP BY ALL;
+    model, checkpoint, method, pivot_lang, lang, CAST(layer AS INTEGER) AS layer, 'pivot_to_lang' AS direction,
+    pivot_to_lang_top1::DOUBLE / n_sentences AS p_at_1, pivot_to_lang_top5::DOUBLE / n_sentences AS p_at_5,
+    pivot_to_lang_top10::DOUBLE / n_sentences AS p_at_10, pivot_to_lang_rr_sum / n_sentences AS mrr, n_sentences
+FROM layer_hits
+UNION ALL
+SELECT
+    model, checkpoint, method, pivot_lang, lang, CAST(layer AS INTEGER) AS layer, 'lang_to_pivot' AS direction,
+    lang_to_pivot_top1::DOUBLE / n_sentences AS p_at_1, lang_to_pivot_top5::DOUBLE / n_sentences AS p_at_5,
+    lang_to_pivot_top10::DOUBLE / n_sentences AS p_at_10, lang_to_pivot_rr_sum / n_sentences AS mrr, n_sentences
+FROM layer_hits;
 
 -- alignment_summary(model, checkpoint, method, pivot_lang, lang, score_mean, score_max, best_layer, n_layers,
 -- n_sentences): score_mean is the paper's layer-mean score; best_layer is the lowest layer reaching score_max.
@@ -148,8 +157,8 @@ CREATE OR REPLACE VIEW alignment_matrix AS
 WITH directions AS (
     SELECT
         model, checkpoint, method, pivot_lang, lang,
-        avg(accuracy) FILTER (WHERE direction = 'pivot_to_lang') AS pivot_to_lang_mean,
-        avg(accuracy) FILTER (WHERE direction = 'lang_to_pivot') AS lang_to_pivot_mean
+        avg(accuracy ORDER BY layer) FILTER (WHERE direction = 'pivot_to_lang') AS pivot_to_lang_mean,
+        avg(accuracy ORDER BY layer) FILTER (WHERE direction = 'lang_to_pivot') AS lang_to_pivot_mean
     FROM retrieval
     GROUP BY ALL
 )

@@ -10,19 +10,7 @@
 -- draws for every score over n sentences, so languages and checkpoints over the same sentences are resampled
 -- together (paired). Intervals are percentile intervals at `level`; every row states level, resamples and seed.
 
--- sentence_hits(model, checkpoint, pivot_lang, lang, method, sentence, mutual_hits, pivot_to_lang_hits,
--- lang_to_pivot_hits, n_layers): per sentence, over its layers, how many are mutual-NN hits (alignment), row hits
--- (pivot -> lang retrieval) and column hits (lang -> pivot).
--- Grain: (model, checkpoint, pivot_lang, lang, method, sentence).
-CREATE OR REPLACE VIEW sentence_hits AS
-SELECT
-    model, checkpoint, pivot_lang, lang, method, sentence,
-    CAST(count(*) FILTER (WHERE row_hit AND column_hit) AS INTEGER) AS mutual_hits,
-    CAST(count(*) FILTER (WHERE row_hit) AS INTEGER) AS pivot_to_lang_hits,
-    CAST(count(*) FILTER (WHERE column_hit) AS INTEGER) AS lang_to_pivot_hits,
-    CAST(count(*) AS INTEGER) AS n_layers
-FROM matches
-GROUP BY ALL;
+-- sentence_hits (15_hits.sql): per sentence, over its layers, its hits; the views below resample it.
 
 -- alignment_interval_at(level := 0.95, resamples := 1000, seed := 0): every layer-mean score with its interval.
 -- (model, checkpoint, method, pivot_lang, lang, score_mean, score_ci_low, score_ci_high, pivot_to_lang_mean,
@@ -63,9 +51,13 @@ FROM resampled;
 CREATE OR REPLACE MACRO alignment_interval_at(level := 0.95, resamples := 1000, seed := 0) AS TABLE
 SELECT * FROM alignment_interval_of('sentence_hits', level, resamples, seed);
 
--- alignment_interval: alignment_interval_at() at its defaults (95%, 1,000 resamples, seed 0).
--- Grain: (model, checkpoint, method, pivot_lang, lang).
-CREATE OR REPLACE VIEW alignment_interval AS SELECT * FROM alignment_interval_at();
+-- alignment_interval: alignment_interval_at() at its defaults (95%, 1,000 resamples, seed 0), the same rows bit for
+-- bit: stored by compaction for compacted checkpoints (the table alignment_interval, beside layer_hits), computed
+-- for the sentence hits of live matches (15_hits.sql). Grain: (model, checkpoint, method, pivot_lang, lang).
+CREATE OR REPLACE VIEW alignment_interval AS
+SELECT * FROM _stored_alignment_interval
+UNION ALL BY NAME
+SELECT * FROM alignment_interval_of('_live_sentence_hits', 0.95, 1000, 0);
 
 -- language_mean_interval_at(level := 0.95, resamples := 1000, seed := 0): the mean over languages of the
 -- layer-mean scores (training_curve's lang '*') with its interval, resampling sentences jointly across languages

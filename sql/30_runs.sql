@@ -13,18 +13,15 @@ QUALIFY row_number() OVER (PARTITION BY model, checkpoint ORDER BY finished_at D
 -- ci_high: the 95% bootstrap interval over sentences (1,000 resamples, seed 0: alignment_interval for a language,
 -- language_mean_interval_at() for '*', sentences resampled jointly across languages).
 CREATE OR REPLACE VIEW training_curve AS
-WITH hits AS MATERIALIZED (  -- one pass over matches serves the scores and both kinds of interval
-    SELECT * FROM sentence_hits
-),
-per_language AS (
+WITH per_language AS (  -- the intervals compaction stored, and those of languages written since
     SELECT
         i.model, i.checkpoint, r.step, i.method, i.pivot_lang, i.lang, i.score_mean,
         i.score_ci_low AS ci_low, i.score_ci_high AS ci_high
-    FROM alignment_interval_of('hits', 0.95, 1000, 0) AS i
+    FROM alignment_interval AS i
     LEFT JOIN latest_runs AS r USING (model, checkpoint)
 ),
 overall AS (
-    SELECT model, checkpoint, step, method, pivot_lang, '*' AS lang, avg(score_mean) AS score_mean
+    SELECT model, checkpoint, step, method, pivot_lang, '*' AS lang, avg(score_mean ORDER BY lang) AS score_mean
     FROM per_language
     GROUP BY ALL
 )
@@ -32,7 +29,7 @@ SELECT * FROM per_language
 UNION ALL
 SELECT o.*, m.score_ci_low AS ci_low, m.score_ci_high AS ci_high
 FROM overall AS o
-LEFT JOIN language_mean_interval_of('hits', 0.95, 1000, 0) AS m USING (model, checkpoint, method, pivot_lang)
+LEFT JOIN language_mean_interval_of('sentence_hits', 0.95, 1000, 0) AS m USING (model, checkpoint, method, pivot_lang)
 ORDER BY model, step NULLS LAST, checkpoint, method, pivot_lang, lang;
 
 -- training_change_at(level := 0.95, resamples := 1000, seed := 0): did the layer-mean alignment score change from

@@ -101,8 +101,8 @@ WITH per_language AS (
     WHERE checkpoint_specific
 ),
 overall AS (
-    SELECT model, checkpoint, step, method, pivot_lang, benchmark, '*' AS lang, avg(score) AS score,
-           avg(value) AS value
+    SELECT model, checkpoint, step, method, pivot_lang, benchmark, '*' AS lang, avg(score ORDER BY lang) AS score,
+           avg(value ORDER BY lang) AS value
     FROM per_language
     GROUP BY ALL
 ),

@@ -119,6 +119,9 @@ QUERIES = (
     "SELECT lang, layer, neuron, n_active, abs_sum FROM neuron_counts ORDER BY ALL",
     "SELECT count(*), count(DISTINCT lang) FROM matches",
     "SELECT count(*) FROM sentence_states",
+    "SELECT * FROM sentence_hits ORDER BY ALL",
+    "SELECT * EXCLUDE (mrr), round(mrr, 9) FROM retrieval_ranks ORDER BY ALL",  # a sum of 1 / rank: its order
+    "SELECT * FROM training_curve ORDER BY ALL",
 )
 
 
@@ -510,3 +513,61 @@ def test_a_snapshot_without_verdicts_opens_as_before(tmp_path, monkeypatch):
     catalog.Catalog(lake.storage).fold()
     monkeypatch.undo()
     assert lake.view_files() == _slow_view(lake) and answers(tmp_path) == expected
+
+
+def _live_rows(root) -> int:
+    """matches rows the score views count at query time (the rest: hits stored by a compaction)."""
+    return connect(root).execute("SELECT count(*) FROM _matches_live").fetchone()[0]
+
+
+def test_compaction_stores_the_hits_the_views_count_and_they_equal_the_live_counts(tmp_path):
+    """After a compaction the score views read layer_hits / sentence_hits as stored (no matches row is counted at
+    query time) and those equal the same counts over every matches row; a recomputed language is counted live
+    until the next compaction."""
+    from neuronxa_ray.lake.compaction import compact
+
+    lake = _two_checkpoints(tmp_path)
+    expected = answers(tmp_path)
+    total = connect(tmp_path).execute("SELECT count(*) FROM matches").fetchone()[0]
+    assert _live_rows(tmp_path) == total > 0  # nothing stored yet
+    compact(lake, vacuum_after_s=0)
+    assert _live_rows(tmp_path) == 0 and answers(tmp_path) == expected
+    files = lake.view_files().files
+    assert all(len(files[t]) == 2 for t in ("matches", "layer_hits", "sentence_hits", "alignment_interval"))
+    con = connect(tmp_path)
+    con.execute("CREATE TEMP VIEW every_hit AS SELECT * FROM sentence_hits_of('matches')")
+    for table, computed, last in (
+        ("layer_hits", "layer_hits_of('matches')", "layer"),
+        ("sentence_hits", "sentence_hits_of('matches')", "sentence"),
+        ("alignment_interval", "alignment_interval_of('every_hit', 0.95, 1000, 0)", "lang"),
+    ):
+        key = f"checkpoint, pivot_lang, lang, method, {last}"
+        stored = con.execute(f"SELECT * FROM _stored_{table} ORDER BY {key}").fetchall()
+        live = con.execute(f"SELECT * FROM {computed} ORDER BY {key}").fetchall()
+        assert len(stored) == len(live) > 0, table
+        for a, b in zip(stored, live):  # counts equal; a sum of 1 / rank equal to its last bits (summed in order)
+            assert a[:-2] == b[:-2] and a[-2:] == pytest.approx(b[-2:], rel=1e-15) if table == "layer_hits" else a == b
+    write_language(lake, "fra", np.random.default_rng(99), ckpt="c")  # recomputed: counted live, the rest stored
+    fra = connect(tmp_path).execute("SELECT count(*) FROM matches WHERE lang = 'fra' AND checkpoint = 'c'").fetchone()
+    assert _live_rows(tmp_path) == fra[0] > 0
+    reference = _two_checkpoints(tmp_path / "ref")
+    write_language(reference, "fra", np.random.default_rng(99), ckpt="c")
+    for reader in ("duckdb", "arrow"):
+        assert answers(tmp_path, reader) == answers(tmp_path / "ref", reader)
+    assert lake.check() == []
+
+
+def test_a_lake_compacted_before_hits_were_stored_gets_them_at_the_next_compaction(tmp_path, monkeypatch):
+    from neuronxa_ray.lake import compaction
+
+    lake = _two_checkpoints(tmp_path)
+    expected = answers(tmp_path)
+    monkeypatch.setattr(compaction, "derive_hits", lambda matches: {})  # as compactions did before hits existed
+    compaction.compact(lake, vacuum_after_s=0)
+    assert not lake.view_files().files["layer_hits"] and _live_rows(tmp_path) > 0
+    assert answers(tmp_path) == expected
+    monkeypatch.undo()
+    done = compaction.compact(lake, vacuum_after_s=0)
+    assert sorted(done.compacted) == ["m @ c", "m @ d"]  # compacted again, for the hits
+    assert _live_rows(tmp_path) == 0 and answers(tmp_path) == expected and lake.check() == []
+    assert not compaction.compact(lake).compacted  # then nothing left to do

@@ -3,9 +3,16 @@
     {lake}/matches/model={m}/checkpoint={c}/compacted-{id}.parquet         every (pivot_lang, lang) of the checkpoint
     {lake}/neuron_counts/model={m}/checkpoint={c}/compacted-{id}.parquet   every lang
 
-Only the small tables are compacted (matches, neuron_counts: a few kB per language); sentence_states and
-similarity files are large already and stay per language (compute_pairs and read_states read them by path).
+Only the small tables are compacted (matches, neuron_counts, perplexity: a few kB per language); sentence_states
+and similarity files are large already and stay per language (compute_pairs and read_states read them by path).
 Rows are sorted by (pivot_lang, lang, method, layer, ...), so a query about one language reads a few row groups.
+With the merged matches, the counts every score view reads are derived and stored beside them (layer_hits,
+sentence_hits: sql/15_hits.sql over the merged rows, named after the matches file), so the views read layers (or
+sentences) rows per pair and method instead of layers x sentences. A checkpoint compacted before these existed is
+compacted again to add them.
+
+    {lake}/layer_hits/model={m}/checkpoint={c}/compacted-{id}.parquet      (the id of its matches file)
+    {lake}/sentence_hits/model={m}/checkpoint={c}/compacted-{id}.parquet
 
 Steps, each leaving a lake whose views give the same answers:
  1. write the compacted files (new names; nothing names them yet: a crash leaves orphans `lake check` removes);
@@ -38,7 +45,7 @@ from neuronxa_ray.lake.catalog import Catalog, CatalogState
 from neuronxa_ray.lake.layout import lease_dir, partition
 from neuronxa_ray.lake.leases import lease_alive, read_lease
 from neuronxa_ray.lake.markers import WrittenFile
-from neuronxa_ray.lake.schema import PAIR_TABLES, TABLES_WITH_MARKERS, table_schema
+from neuronxa_ray.lake.schema import DERIVED_TABLES, PAIR_TABLES, TABLES_WITH_MARKERS, table_schema
 from neuronxa_ray.lake.storage import Storage
 from neuronxa_ray.lake.store import Lake
 from neuronxa_ray.lake.vacuum import VACUUM_S, vacuum
@@ -49,6 +56,9 @@ log = logging.getLogger(__name__)
 COMPACTED_TABLES = ("matches", "neuron_counts", "perplexity")
 SORT = {
     "matches": ["pivot_lang", "lang", "method", "layer", "sentence"],
+    "layer_hits": ["pivot_lang", "lang", "method", "layer"],
+    "sentence_hits": ["pivot_lang", "lang", "method", "sentence"],
+    "alignment_interval": ["pivot_lang", "lang", "method"],
     "neuron_counts": ["lang", "layer", "neuron"],
     "perplexity": ["lang", "sentence"],
 }
@@ -147,8 +157,14 @@ def _compact_checkpoint(
     complete, stale, _, left_out = visible(markers, lake.done_marker)
     if stale or left_out:
         return "some of its languages are stale or incomplete (`neuronxa-ray lake check`)"
+    hitless = any(
+        "matches" in named and not named >= set(DERIVED_TABLES)
+        for named in ({f["table"] for f in r["files"]} for r in complete)
+    )  # a language without stored hits (never compacted, recomputed since, or compacted before they existed)
     tables = [
-        t for t in COMPACTED_TABLES if len({f["path"] for r in complete for f in r["files"] if f["table"] == t}) >= 2
+        t
+        for t in COMPACTED_TABLES
+        if (t == "matches" and hitless) or len({f["path"] for r in complete for f in r["files"] if f["table"] == t}) > 1
     ]
     if not tables:
         return "nothing to compact"
@@ -156,9 +172,17 @@ def _compact_checkpoint(
     unit_rows: dict[tuple[str, str], int] = {}  # (table, marker path) -> its rows in the compacted file
     for table in tables:
         merged = _merge(storage, table, markers, unit_rows)
-        path = partition(table, model, checkpoint) + f"/compacted-{uuid.uuid4().hex[:12]}.parquet"
-        written = lake.write(table, merged, path)
+        name = f"/compacted-{uuid.uuid4().hex[:12]}.parquet"
+        written = lake.write(table, merged, partition(table, model, checkpoint) + name)
         new_files[table] = dataclasses.replace(written, file_rows=written.rows)
+        if table == "matches":  # its hits, under the same name
+            for derived, rows in derive_hits(merged).items():
+                written = lake.write(derived, rows, partition(derived, model, checkpoint) + name)
+                new_files[derived] = dataclasses.replace(written, file_rows=written.rows)
+                per_key = _rows_per_pair(rows)
+                for rel, record in markers.items():
+                    if (table, rel) in unit_rows:
+                        unit_rows[(derived, rel)] = per_key.get((record["pivot_lang"], record["lang"]), 0)
     if crash_after == "files":
         raise RuntimeError("crash after the compacted files")
     now = time.time()
@@ -219,21 +243,44 @@ def _merge(storage: Storage, table: str, markers: dict[str, dict], unit_rows: di
     return pa.concat_tables(parts).sort_by([(c, "ascending") for c in SORT[table]])
 
 
+def derive_hits(matches: pa.Table) -> dict[str, pa.Table]:
+    """layer_hits, sentence_hits and alignment_interval of a checkpoint's matches rows (query.connect.derived_rows:
+    the views evaluated over those rows alone), in the tables' schemas, sorted."""
+    from neuronxa_ray.query.connect import derived_rows
+
+    out = derived_rows(matches)
+    return {t: out[t].sort_by([(c, "ascending") for c in SORT[t]]) for t in DERIVED_TABLES}
+
+
+def _rows_per_pair(rows: pa.Table) -> dict[tuple[str, str], int]:
+    """(pivot_lang, lang) -> its rows."""
+    counts = rows.group_by(["pivot_lang", "lang"]).aggregate([("lang", "count")])
+    keys = zip(counts["pivot_lang"].to_pylist(), counts["lang"].to_pylist())
+    return dict(zip(keys, counts["lang_count"].to_pylist()))
+
+
 def _switched(
     markers: dict[str, dict], new_files: dict[str, WrittenFile], unit_rows: dict[tuple[str, str], int], now: float
 ) -> tuple[dict[str, dict], dict[str, float]]:
-    """(marker path -> its record naming the compacted files, file -> when it was superseded)."""
+    """(marker path -> its record naming the compacted files, file -> when it was superseded). A marker naming
+    the new matches file names its hits files too."""
     changes: dict[str, dict] = {}
     superseded: dict[str, float] = {}
     for rel, record in markers.items():
         files = []
         for f in record["files"]:
-            if f["table"] in new_files:
+            if f["table"] in new_files and f["table"] not in DERIVED_TABLES:
                 superseded[f["path"]] = now
                 new = new_files[f["table"]]
                 files.append(dataclasses.replace(new, rows=unit_rows[(f["table"], rel)]).record())
+            elif f["table"] in DERIVED_TABLES and ("matches", rel) in unit_rows:
+                superseded[f["path"]] = now  # hits of an earlier compaction: replaced below
             else:
                 files.append(f)
+        if ("matches", rel) in unit_rows:
+            for table in DERIVED_TABLES:
+                if table in new_files:
+                    files.append(dataclasses.replace(new_files[table], rows=unit_rows[(table, rel)]).record())
         if files != record["files"]:
             changes[rel] = {**record, "files": files, "compacted_at": now}
     return changes, superseded

@@ -10,7 +10,8 @@
 {lake}/_done/model={m}/checkpoint={c}/pivot_lang={p}/lang={l}.json   (written last: names every file, size, rows)
 {lake}/_leases/model={m}/checkpoint={c}/{run_id}.json                 (a live run's claim, with its heartbeat)
 {lake}/_catalog/log/*.json, {lake}/_catalog/snapshot-*.parquet       (the committed markers: catalog.py)
-{lake}/{matches,neuron_counts}/model={m}/checkpoint={c}/compacted-{id}.parquet   (compaction.py)
+{lake}/{matches,neuron_counts,perplexity}/model={m}/checkpoint={c}/compacted-{id}.parquet   (compaction.py)
+{lake}/{layer_hits,sentence_hits}/model={m}/checkpoint={c}/compacted-{id}.parquet   (derived: compaction.py)
 """
 
 from __future__ import annotations

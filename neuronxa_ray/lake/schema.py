@@ -73,6 +73,66 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("column_rank", pa.int32()),  # 1 + #{j != i: C[j, i] >= C[i, i]}
         ],
     ),
+    # Derived at compaction (lake.compaction) from a checkpoint's merged matches by sql/15_hits.sql, named by the
+    # same markers: per layer and per sentence, the counts every score view needs (matches has n x layers rows per
+    # pair and method; layer_hits layers, sentence_hits n). Never written by a run.
+    "layer_hits": _schema(
+        "layer_hits",
+        [
+            *_KEYS,
+            pa.field("pivot_lang", pa.string(), False),
+            pa.field("lang", pa.string(), False),
+            pa.field("method", pa.string(), False),
+            pa.field("layer", pa.int16(), False),
+            pa.field("n_sentences", pa.int32(), False),
+            pa.field("mutual_hits", pa.int32(), False),  # row_hit and column_hit
+            pa.field("pivot_to_lang_hits", pa.int32(), False),  # row_hit
+            pa.field("lang_to_pivot_hits", pa.int32(), False),  # column_hit
+            pa.field("pivot_to_lang_top1", pa.int32(), False),  # row_rank <= 1
+            pa.field("pivot_to_lang_top5", pa.int32(), False),
+            pa.field("pivot_to_lang_top10", pa.int32(), False),
+            pa.field("lang_to_pivot_top1", pa.int32(), False),  # column_rank <= 1
+            pa.field("lang_to_pivot_top5", pa.int32(), False),
+            pa.field("lang_to_pivot_top10", pa.int32(), False),
+            pa.field("pivot_to_lang_rr_sum", pa.float64(), False),  # sum of 1 / row_rank
+            pa.field("lang_to_pivot_rr_sum", pa.float64(), False),  # sum of 1 / column_rank
+        ],
+    ),
+    "sentence_hits": _schema(
+        "sentence_hits",
+        [
+            *_KEYS,
+            pa.field("pivot_lang", pa.string(), False),
+            pa.field("lang", pa.string(), False),
+            pa.field("method", pa.string(), False),
+            pa.field("sentence", pa.int32(), False),
+            pa.field("mutual_hits", pa.int32(), False),  # over the sentence's layers
+            pa.field("pivot_to_lang_hits", pa.int32(), False),
+            pa.field("lang_to_pivot_hits", pa.int32(), False),
+            pa.field("n_layers", pa.int32(), False),
+        ],
+    ),
+    # alignment_interval at its defaults (95%, 1,000 resamples, seed 0) per pair and method: its bootstraps are
+    # what training_curve costs; stored beside the hits they resample.
+    "alignment_interval": _schema(
+        "alignment_interval",
+        [
+            *_KEYS,
+            pa.field("method", pa.string(), False),
+            pa.field("pivot_lang", pa.string(), False),
+            pa.field("lang", pa.string(), False),
+            *[
+                pa.field(f"{what}_{part}", pa.float64())
+                for what in ("score", "pivot_to_lang", "lang_to_pivot")
+                for part in ("mean", "ci_low", "ci_high")
+            ],
+            pa.field("n_layers", pa.int32()),
+            pa.field("n_sentences", pa.int32()),
+            pa.field("level", pa.float64()),
+            pa.field("resamples", pa.int32()),
+            pa.field("seed", pa.int64()),
+        ],
+    ),
     # One row per sentence of a language evaluated by a job with interventions (docs/INTERVENTIONS.md): the
     # language model's next-token NLL, so perplexity aggregates exactly over any subset: exp(sum nll / sum n).
     "perplexity": _schema(
@@ -173,15 +233,28 @@ WRITE_OPTIONS: dict[str, dict] = {
     "perplexity": {
         "use_dictionary": ["model", "checkpoint", "pivot_lang", "lang", "base_model", "intervention", "switched_off"]
     },
+    "layer_hits": {"use_dictionary": ["model", "checkpoint", "pivot_lang", "lang", "method"]},
+    "sentence_hits": {"use_dictionary": ["model", "checkpoint", "pivot_lang", "lang", "method"]},
+    "alignment_interval": {"use_dictionary": ["model", "checkpoint", "method", "pivot_lang", "lang"]},
     "matches": {
         "use_dictionary": ["model", "checkpoint", "pivot_lang", "lang", "method", "layer"],
         "use_byte_stream_split": ["diagonal", "row_rival", "column_rival"],
     },
 }
 
-PAIR_TABLES = ("similarity", "matches")  # partitioned by pivot_lang as well as lang
+# keyed by pivot_lang as well as lang
+PAIR_TABLES = ("similarity", "matches", "layer_hits", "sentence_hits", "alignment_interval")
+# from matches, at compaction: no run writes them
+DERIVED_TABLES = ("layer_hits", "sentence_hits", "alignment_interval")
 
-TABLES_WITH_MARKERS = ("sentence_states", "neuron_counts", "similarity", "matches", "perplexity")
+TABLES_WITH_MARKERS = (
+    "sentence_states",
+    "neuron_counts",
+    "similarity",
+    "matches",
+    "perplexity",
+    *DERIVED_TABLES,
+)
 FREE_TABLES = ("runs", "benchmarks", "attempts")  # no markers: each file is one complete write
 MATCH_COLUMNS = ("diagonal", "row_rival", "column_rival", "row_hit", "column_hit", "row_rank", "column_rank")
 

@@ -14,9 +14,11 @@ import duckdb
 import pyarrow as pa
 
 from neuronxa_ray.lake import Lake, table_schema
+from neuronxa_ray.lake.schema import DERIVED_TABLES
 from neuronxa_ray.query.functions import register as register_functions
 
-UNIFORM = ("matches", "neuron_counts", "perplexity")  # one schema in every file (sentence_states: float16 or float32)
+# one schema in every file (sentence_states: float16 or float32)
+UNIFORM = ("matches", "neuron_counts", "perplexity", *DERIVED_TABLES)
 RAW_TABLES = (
     "sentence_states",
     "neuron_counts",
@@ -68,8 +70,6 @@ def connect(lake: str | Path | Lake, database: str = ":memory:", reader: str = "
     benchmarks and attempts always as Arrow datasets), 'arrow' (pyarrow datasets on the lake's filesystem, handed to
     DuckDB; works for every store, no DuckDB extension), 'auto' (duckdb for a local lake, arrow for object stores).
     """
-    import pyarrow.dataset as ds
-
     if reader not in ("auto", "duckdb", "arrow"):
         raise ValueError(f"reader {reader!r}: allowed auto, duckdb, arrow")
     lake = lake if isinstance(lake, Lake) else Lake(lake)
@@ -79,38 +79,87 @@ def connect(lake: str | Path | Lake, database: str = ":memory:", reader: str = "
     view = lake.view_files()
     con = duckdb.connect(database)
     for table in RAW_TABLES:
-        paths = view.files.get(table, [])
-        partial = view.partial.get(table, {})
-        schema = table_schema(table)
-        whole = [p for p in paths if p not in partial]
-        if not paths:  # no files yet: an empty view with the table's columns, so every query still binds
-            con.register(f"_empty_{table}", pa.table({f.name: pa.array([], f.type) for f in schema}))
-            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _empty_{table}")
-        elif native and table not in SMALL_TABLES:
-            parts = []
-            if whole:
-                listed = ", ".join(_quote(lake.storage.path(p)) for p in whole)
-                union = "false" if table in UNIFORM else "true"  # union_by_name opens every file when views bind
-                parts.append(
-                    f"SELECT * FROM read_parquet([{listed}], union_by_name = {union}, hive_partitioning = false)"
-                )
-            for i, (path, keys) in enumerate(partial.items()):  # compacted files of which some languages are current
-                parts.append(_partial_select(con, f"_keys_{table}_{i}", _quote(lake.storage.path(path)), keys))
-            con.execute(f"CREATE OR REPLACE VIEW {table} AS " + " UNION ALL BY NAME ".join(parts))
-        else:
-            parts = []
-            if whole:
-                dataset = ds.dataset(
-                    [lake.storage.path(p) for p in whole], schema=schema, format="parquet", filesystem=lake.storage.fs
-                )
-                con.register(f"_arrow_{table}", dataset)
-                parts.append(f"SELECT * FROM _arrow_{table}")
-            for i, (path, keys) in enumerate(partial.items()):
-                one = ds.dataset([lake.storage.path(path)], schema=schema, format="parquet", filesystem=lake.storage.fs)
-                con.register(f"_arrow_{table}_{i}", one)
-                parts.append(_partial_select(con, f"_keys_{table}_{i}", f"_arrow_{table}_{i}", keys, arrow=True))
-            con.execute(f"CREATE OR REPLACE VIEW {table} AS " + " UNION ALL BY NAME ".join(parts))
+        _bind(con, lake, native, table, table, view.files.get(table, []), view.partial.get(table, {}))
+    # the score views count hits (sql/15_hits.sql): stored ones where a compaction derived them from a matches file
+    # (the same name under layer_hits/ and sentence_hits/, named by the same markers, so the same languages are
+    # current in all three), counted from the rest of matches
+    stored = {t: set(view.files.get(t, [])) for t in DERIVED_TABLES}
+    matches = view.files.get("matches", [])
+    covered = {p for p in matches if all(_derived_path(p, t) in stored[t] for t in DERIVED_TABLES)}
+    partial = view.partial.get("matches", {})
+    live = [p for p in matches if p not in covered]
+    _bind(con, lake, native, "_matches_live", "matches", live, {p: k for p, k in partial.items() if p not in covered})
+    for t in DERIVED_TABLES:
+        mine = [_derived_path(p, t) for p in matches if p in covered]
+        keys = {_derived_path(p, t): k for p, k in partial.items() if p in covered}
+        _bind(con, lake, native, f"_stored_{t}", t, mine, keys)
+    define_views(con)
+    return con
+
+
+def define_views(con: duckdb.DuckDBPyConnection) -> None:
+    """The functions and the views of sql/*.sql, over raw views already bound on con."""
     register_functions(con)  # p-values, confidence intervals, canonical_lang(): the views below call them
     for _, text in sql_texts():
         con.execute(text)
-    return con
+
+
+def derived_rows(matches: pa.Table) -> dict[str, pa.Table]:
+    """The derived tables (layer_hits, sentence_hits, alignment_interval) of one checkpoint's matches rows: the views
+    of sql/*.sql evaluated over those rows alone (every other table empty), in the tables' schemas. Compaction
+    stores them; the views then read them instead of counting and resampling again."""
+    con = duckdb.connect()
+    try:
+        for table in RAW_TABLES:
+            _bind(con, None, False, table, table, [], {})
+        for table in DERIVED_TABLES:
+            _bind(con, None, False, f"_stored_{table}", table, [], {})
+        con.register("_matches_rows", matches)
+        con.execute("CREATE VIEW _matches_live AS SELECT * FROM _matches_rows")
+        define_views(con)
+        out = {}
+        for table in DERIVED_TABLES:
+            schema = table_schema(table)
+            out[table] = con.sql(f"SELECT * FROM {table}").to_arrow_table().select(schema.names).cast(schema)
+        return out
+    finally:
+        con.close()
+
+
+def _derived_path(matches_path: str, table: str) -> str:
+    """The hits file a compaction derived from a matches file: the same partition and name under table/."""
+    return table + "/" + matches_path.split("/", 1)[1]
+
+
+def _bind(con, lake: Lake | None, native: bool, name: str, table: str, paths: list[str], partial: dict) -> None:
+    """CREATE VIEW name over the table's files paths (those in partial: only the rows of its current keys)."""
+    import pyarrow.dataset as ds
+
+    schema = table_schema(table)
+    whole = [p for p in paths if p not in partial]
+    partial = {p: k for p, k in partial.items() if p in paths}
+    if not paths:  # no files yet: an empty view with the table's columns, so every query still binds
+        con.register(f"_empty_{name}", pa.table({f.name: pa.array([], f.type) for f in schema}))
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _empty_{name}")
+    elif native and table not in SMALL_TABLES:
+        parts = []
+        if whole:
+            listed = ", ".join(_quote(lake.storage.path(p)) for p in whole)
+            union = "false" if table in UNIFORM else "true"  # union_by_name opens every file when views bind
+            parts.append(f"SELECT * FROM read_parquet([{listed}], union_by_name = {union}, hive_partitioning = false)")
+        for i, (path, keys) in enumerate(partial.items()):  # compacted files of which some languages are current
+            parts.append(_partial_select(con, f"_keys_{name}_{i}", _quote(lake.storage.path(path)), keys))
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS " + " UNION ALL BY NAME ".join(parts))
+    else:
+        parts = []
+        if whole:
+            dataset = ds.dataset(
+                [lake.storage.path(p) for p in whole], schema=schema, format="parquet", filesystem=lake.storage.fs
+            )
+            con.register(f"_arrow_{name}", dataset)
+            parts.append(f"SELECT * FROM _arrow_{name}")
+        for i, (path, keys) in enumerate(partial.items()):
+            one = ds.dataset([lake.storage.path(path)], schema=schema, format="parquet", filesystem=lake.storage.fs)
+            con.register(f"_arrow_{name}_{i}", one)
+            parts.append(_partial_select(con, f"_keys_{name}_{i}", f"_arrow_{name}_{i}", keys, arrow=True))
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS " + " UNION ALL BY NAME ".join(parts))
