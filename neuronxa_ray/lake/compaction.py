@@ -6,13 +6,14 @@
 Only the small tables are compacted (matches, neuron_counts, perplexity: a few kB per language); sentence_states
 and similarity files are large already and stay per language (compute_pairs and read_states read them by path).
 Rows are sorted by (pivot_lang, lang, method, layer, ...), so a query about one language reads a few row groups.
-With the merged matches, the counts every score view reads are derived and stored beside them (layer_hits,
-sentence_hits: sql/15_hits.sql over the merged rows, named after the matches file), so the views read layers (or
-sentences) rows per pair and method instead of layers x sentences. A checkpoint compacted before these existed is
-compacted again to add them.
+With the merged matches, what every score view reads is derived and stored beside them (layer_hits,
+sentence_hits, alignment_interval at its defaults: the views evaluated over the merged rows alone, named after the
+matches file), so the views read layers (or sentences) rows per pair and method instead of layers x sentences and
+resample nothing again. A checkpoint compacted before these existed is compacted again to add them.
 
     {lake}/layer_hits/model={m}/checkpoint={c}/compacted-{id}.parquet      (the id of its matches file)
     {lake}/sentence_hits/model={m}/checkpoint={c}/compacted-{id}.parquet
+    {lake}/alignment_interval/model={m}/checkpoint={c}/compacted-{id}.parquet
 
 Steps, each leaving a lake whose views give the same answers:
  1. write the compacted files (new names; nothing names them yet: a crash leaves orphans `lake check` removes);

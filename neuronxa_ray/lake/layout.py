@@ -11,7 +11,7 @@
 {lake}/_leases/model={m}/checkpoint={c}/{run_id}.json                 (a live run's claim, with its heartbeat)
 {lake}/_catalog/log/*.json, {lake}/_catalog/snapshot-*.parquet       (the committed markers: catalog.py)
 {lake}/{matches,neuron_counts,perplexity}/model={m}/checkpoint={c}/compacted-{id}.parquet   (compaction.py)
-{lake}/{layer_hits,sentence_hits}/model={m}/checkpoint={c}/compacted-{id}.parquet   (derived: compaction.py)
+{lake}/{layer_hits,sentence_hits,alignment_interval}/model={m}/checkpoint={c}/compacted-{id}.parquet   (derived)
 """
 
 from __future__ import annotations
