@@ -25,8 +25,8 @@ SELECT
     CAST(count(*) FILTER (WHERE column_rank <= 1) AS INTEGER) AS lang_to_pivot_top1,
     CAST(count(*) FILTER (WHERE column_rank <= 5) AS INTEGER) AS lang_to_pivot_top5,
     CAST(count(*) FILTER (WHERE column_rank <= 10) AS INTEGER) AS lang_to_pivot_top10,
-    coalesce(sum(1.0::DOUBLE / row_rank), 0.0) AS pivot_to_lang_rr_sum,
-    coalesce(sum(1.0::DOUBLE / column_rank), 0.0) AS lang_to_pivot_rr_sum
+    coalesce(sum(1.0::DOUBLE / row_rank ORDER BY sentence), 0.0) AS pivot_to_lang_rr_sum,  -- ordered: the same
+    coalesce(sum(1.0::DOUBLE / column_rank ORDER BY sentence), 0.0) AS lang_to_pivot_rr_sum  -- bits every query
 FROM query_table(matches_view)
 GROUP BY ALL;
 

@@ -325,10 +325,11 @@ def read_table(path: str | Path) -> pa.Table:
 
 
 def _lake_languages(lake: Lake) -> set[str]:
-    """The language partitions (as slugs) the lake holds scores for."""
+    """The languages (as slugs) the lake holds completion markers for: from one listing of _done/ (marker paths
+    end in lang={slug}.json; the matches files of a compacted checkpoint no longer name their languages)."""
     found = set()
-    for rel in lake.files("matches"):
-        m = re.search(r"/lang=([^/]+)/", rel)
+    for rel in lake.storage.sizes("_done"):
+        m = re.search(r"/lang=([^/]+)\.json$", rel)
         if m:
             found.add(m.group(1))
     return found

@@ -158,10 +158,16 @@ def _compact_checkpoint(
     complete, stale, _, left_out = visible(markers, lake.done_marker)
     if stale or left_out:
         return "some of its languages are stale or incomplete (`neuronxa-ray lake check`)"
-    hitless = any(
-        "matches" in named and not named >= set(DERIVED_TABLES)
-        for named in ({f["table"] for f in r["files"]} for r in complete)
-    )  # a language without stored hits (never compacted, recomputed since, or compacted before they existed)
+    from neuronxa_ray.query.connect import derived_path, derived_version
+
+    version = derived_version()
+    hitless = any(  # a language without current stored rows: never compacted, recomputed since, compacted before
+        "matches" in named and not named >= set(DERIVED_TABLES)  # they existed, or by other view definitions
+        for named in (
+            {f["table"] for f in r["files"] if f["table"] not in DERIVED_TABLES or version in f["path"]}
+            for r in complete
+        )
+    )
     tables = [
         t
         for t in COMPACTED_TABLES
@@ -176,9 +182,12 @@ def _compact_checkpoint(
         name = f"/compacted-{uuid.uuid4().hex[:12]}.parquet"
         written = lake.write(table, merged, partition(table, model, checkpoint) + name)
         new_files[table] = dataclasses.replace(written, file_rows=written.rows)
-        if table == "matches":  # its hits, under the same name
+        if table == "matches":  # its hits, under the same name and the views' version
             for derived, rows in derive_hits(merged).items():
-                written = lake.write(derived, rows, partition(derived, model, checkpoint) + name)
+                path = derived_path(partition(table, model, checkpoint) + name, derived, version)
+                if writer_now := _writing_run(storage, model, checkpoint):  # derive_hits took a while: check again
+                    return f"run {writer_now} started writing it"
+                written = lake.write(derived, rows, path)
                 new_files[derived] = dataclasses.replace(written, file_rows=written.rows)
                 per_key = _rows_per_pair(rows)
                 for rel, record in markers.items():
@@ -186,6 +195,8 @@ def _compact_checkpoint(
                         unit_rows[(derived, rel)] = per_key.get((record["pivot_lang"], record["lang"]), 0)
     if crash_after == "files":
         raise RuntimeError("crash after the compacted files")
+    if writer_now := _writing_run(storage, model, checkpoint):  # markers are about to be rewritten: a run that took
+        return f"run {writer_now} started writing it"  # the lease meanwhile keeps its own (the new files: orphans)
     now = time.time()
     changes, superseded = _switched(markers, new_files, unit_rows, now)
     marker_sizes = _write_markers(storage, changes, crash_after)

@@ -6,6 +6,7 @@ are read with importlib.resources, so an installed wheel finds them wherever it 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from importlib import resources
 from pathlib import Path
@@ -85,13 +86,14 @@ def connect(lake: str | Path | Lake, database: str = ":memory:", reader: str = "
     # current in all three), counted from the rest of matches
     stored = {t: set(view.files.get(t, [])) for t in DERIVED_TABLES}
     matches = view.files.get("matches", [])
-    covered = {p for p in matches if all(_derived_path(p, t) in stored[t] for t in DERIVED_TABLES)}
+    version = derived_version()  # stored by other view definitions: not covered (counted live until compacted again)
+    covered = {p for p in matches if all(derived_path(p, t, version) in stored[t] for t in DERIVED_TABLES)}
     partial = view.partial.get("matches", {})
     live = [p for p in matches if p not in covered]
     _bind(con, lake, native, "_matches_live", "matches", live, {p: k for p, k in partial.items() if p not in covered})
     for t in DERIVED_TABLES:
-        mine = [_derived_path(p, t) for p in matches if p in covered]
-        keys = {_derived_path(p, t): k for p, k in partial.items() if p in covered}
+        mine = [derived_path(p, t, version) for p in matches if p in covered]
+        keys = {derived_path(p, t, version): k for p, k in partial.items() if p in covered}
         _bind(con, lake, native, f"_stored_{t}", t, mine, keys)
     define_views(con)
     return con
@@ -126,9 +128,24 @@ def derived_rows(matches: pa.Table) -> dict[str, pa.Table]:
         con.close()
 
 
-def _derived_path(matches_path: str, table: str) -> str:
-    """The hits file a compaction derived from a matches file: the same partition and name under table/."""
-    return table + "/" + matches_path.split("/", 1)[1]
+def derived_path(matches_path: str, table: str, version: str) -> str:
+    """The file of a derived table that a compaction wrote with a matches file: the same partition and name under
+    table/, with the version of the views that computed it (compacted-{id}.{version}.parquet)."""
+    rest = matches_path.split("/", 1)[1]
+    return f"{table}/{rest.removesuffix('.parquet')}.{version}.parquet"
+
+
+def derived_version() -> str:
+    """A hash of what computes the derived tables (sql/15_hits.sql, sql/25_intervals.sql and the bootstrap's code):
+    rows stored by other definitions are not read, and the next compaction replaces them."""
+    from neuronxa_ray.query import intervals
+
+    texts = dict(sql_texts())
+    digest = hashlib.sha256()
+    for name in ("15_hits.sql", "25_intervals.sql"):
+        digest.update(texts.get(name, "").encode())
+    digest.update(Path(intervals.__file__).read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def _bind(con, lake: Lake | None, native: bool, name: str, table: str, paths: list[str], partial: dict) -> None:
