@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="--views-only: runs of each view (the minimum is shown)")
     args = ap.parse_args()
     from neuronxa_ray.lake.compaction import compact
+    from neuronxa_ray.query.connect import derived_tables
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lake-scale-")) / "lake"
     units = args.checkpoints * args.languages
@@ -136,7 +137,7 @@ def main() -> None:
             start = time.perf_counter()
             if args.compact_as_written:
                 keys = [("synthetic/model", f"step-{(c + 1) * 1000:06d}") for c in range(first, first + n)]
-                compact(root, keys=keys, vacuum_after_s=0)  # as `run` does, folding the catalogue
+                compact(root, keys=keys, vacuum_after_s=0, derived=derived_tables())  # as `run` does
             compact_s = time.perf_counter() - start
             open_s, reads = opening(root)
             now, _, _ = cli(root, query)
@@ -153,7 +154,7 @@ def main() -> None:
             t, mem, out = cli(root, q)
             print(f"catalogue  {name:<18} {t:6.2f} s  {mem:6.0f} MiB  -> {out}", flush=True)
         start = time.perf_counter()
-        done = compact(root)
+        done = compact(root, derived=derived_tables())
         print(f"lake compact: {len(done.compacted)} checkpoints in {time.perf_counter() - start:.1f} s", flush=True)
     files = sum(1 for _ in root.rglob("*.parquet"))
     print(f"{files} Parquet files in the lake (superseded ones included until vacuumed)")

@@ -63,6 +63,10 @@ def test_run_compacts_what_it_completed_and_views_answer_the_same(tiny, tmp_path
     from neuronxa_ray.lake import Lake
 
     assert Lake(auto).check() == []  # markers verify against the compacted files, nothing orphaned
+    from neuronxa_ray.query import connect
+
+    live = connect(auto).execute("SELECT count(*) FROM _matches_live").fetchone()[0]
+    assert live == 0 and len(Lake(auto).view_files().files["alignment_interval"]) == 2  # the views read stored rows
     assert main(["run", _job(tiny, auto), "--no-progress", "--no-scores"]) == 0  # nothing to do: untouched
     assert _compacted(auto) == ["checkpoint=a", "checkpoint=b"] and _answers(auto) == _answers(plain)
 

@@ -12,6 +12,7 @@ from test_lake import write_language
 from neuronxa_ray.cli import main
 from neuronxa_ray.lake import Lake
 from neuronxa_ray.query import connect
+from neuronxa_ray.query.connect import derived_tables
 
 
 def _lake(tmp_path, langs=("eng", "fra", "deu"), seed=0):
@@ -221,7 +222,7 @@ def test_compaction_keeps_every_answer_and_leaves_few_files(tmp_path, reader):
     assert lake.check() == []  # markers verify against the compacted files; superseded files are not orphans
     from neuronxa_ray.lake.compaction import compact
 
-    done = compact(lake, vacuum_after_s=0)  # nothing left to compact; the superseded files go
+    done = compact(lake, derived=derived_tables(), vacuum_after_s=0)  # nothing left to compact; the superseded files go
     assert not done.compacted and done.vacuumed
     assert _files(tmp_path, "matches") == sorted(view.files["matches"])
     assert answers(tmp_path, reader) == expected and lake.check() == []
@@ -236,12 +237,12 @@ def test_a_crash_at_every_step_of_a_compaction_leaves_the_same_answers(tmp_path,
     lake = _two_checkpoints(tmp_path)
     expected = answers(tmp_path)
     with pytest.raises(RuntimeError, match="crash"):
-        compact(lake, crash_after=step)
+        compact(lake, derived=derived_tables(), crash_after=step)
     assert answers(tmp_path) == expected
     if repair:
         assert main(["lake", "check", "--lake", str(tmp_path), "--repair"]) == 0
         assert answers(tmp_path) == expected
-    compact(lake, vacuum_after_s=0)
+    compact(lake, derived=derived_tables(), vacuum_after_s=0)
     assert answers(tmp_path) == expected and lake.check() == []
     assert all("compacted-" in p for p in lake.view_files().files["matches"])
 
@@ -250,7 +251,7 @@ def test_a_language_recomputed_after_compaction_replaces_its_rows(tmp_path):
     from neuronxa_ray.lake.compaction import compact
 
     lake = _two_checkpoints(tmp_path)
-    compact(lake, vacuum_after_s=0)
+    compact(lake, derived=derived_tables(), vacuum_after_s=0)
     write_language(lake, "fra", np.random.default_rng(99), ckpt="c")  # recomputed: its own files again
     reference = _two_checkpoints(tmp_path / "ref")
     write_language(reference, "fra", np.random.default_rng(99), ckpt="c")
@@ -258,7 +259,7 @@ def test_a_language_recomputed_after_compaction_replaces_its_rows(tmp_path):
     for reader in ("duckdb", "arrow"):
         assert answers(tmp_path, reader) == answers(tmp_path / "ref", reader)
     assert lake.check() == []
-    compact(lake, vacuum_after_s=0)  # and compacted again
+    compact(lake, derived=derived_tables(), vacuum_after_s=0)  # and compacted again
     assert not lake.view_files().partial and answers(tmp_path) == answers(tmp_path / "ref")
     assert lake.check() == []
 
@@ -268,10 +269,10 @@ def test_compaction_skips_a_checkpoint_a_live_run_writes_or_that_is_incomplete(t
 
     lake = _two_checkpoints(tmp_path)
     with lake.acquire("m", "c", "base", "run-1"):
-        done = compact(lake)
+        done = compact(lake, derived=derived_tables())
     assert "m @ c" in done.skipped and "m @ d" in done.compacted
     (tmp_path / lake.language_file("neuron_counts", "m", "c", "fra")).unlink()
-    assert "do not verify" in compact(lake).skipped["m @ c"]
+    assert "do not verify" in compact(lake, derived=derived_tables()).skipped["m @ c"]
 
 
 def test_catalogue_and_compaction_on_s3_as_on_local_disk(s3_env, tmp_path):
@@ -284,10 +285,10 @@ def test_catalogue_and_compaction_on_s3_as_on_local_disk(s3_env, tmp_path):
     expected = answers(tmp_path, "arrow")
     assert answers(uri) == expected
     with pytest.raises(RuntimeError, match="crash"):
-        compact(remote, crash_after="markers")
+        compact(remote, crash_after="markers", derived=derived_tables())
     assert answers(uri) == expected
-    compact(remote, vacuum_after_s=0)
-    compact(local, vacuum_after_s=0)
+    compact(remote, vacuum_after_s=0, derived=derived_tables())
+    compact(local, vacuum_after_s=0, derived=derived_tables())
     assert answers(uri) == expected == answers(tmp_path, "arrow")
     assert remote.check() == [] and all("compacted-" in p for p in remote.view_files().files["matches"])
     assert main(["lake", "check", "--lake", uri, "--repair"]) == 0 and answers(uri) == expected
@@ -315,8 +316,8 @@ def test_readers_during_a_compaction_see_the_old_files_or_the_new_never_both(tmp
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        compact(lake, "m", "c")
-        compact(lake, "m", "d")
+        compact(lake, "m", "c", derived=derived_tables())
+        compact(lake, "m", "d", derived=derived_tables())
     finally:
         done.set()
         reader.join()
@@ -347,7 +348,7 @@ def test_compaction_of_a_checkpoint_with_two_pivots_keeps_shared_files_once(tmp_
         lake.mark_done("m", "c", "fra", lang, f"fp2-{lang}", {"checkpoint_fingerprint": "base"}, files)
     expected = answers(tmp_path)
     assert connect(tmp_path).execute("SELECT count(DISTINCT pivot_lang) FROM alignment").fetchone()[0] == 2
-    compact(lake, vacuum_after_s=0)
+    compact(lake, derived=derived_tables(), vacuum_after_s=0)
     assert all("compacted-" in p for p in lake.view_files().files["neuron_counts"])
     assert answers(tmp_path) == expected and lake.check() == []
 
@@ -394,7 +395,7 @@ def _grown(root, n_checkpoints):
         for lang in ("eng", "fra", "deu", "swh"):
             write_language(lake, lang, rng, ckpt=f"c{i}")
         _run_row(lake, f"c{i}")
-    compact(lake, vacuum_after_s=0)
+    compact(lake, derived=derived_tables(), vacuum_after_s=0)
     return lake
 
 
@@ -489,11 +490,12 @@ def test_compaction_after_a_run_that_crashes_is_a_warning_and_every_answer_stays
     real = compaction.compact
     monkeypatch.setattr(compaction, "compact", lambda *a, **k: real(*a, **k, crash_after=step))
     with caplog.at_level(logging.WARNING):
-        assert compaction.compact_after_run(lake, [("m", "c"), ("m", "d")]) is None
+        assert compaction.compact_after_run(lake, [("m", "c"), ("m", "d")], derived_tables()) is None
     assert "not compacted after the run" in caplog.text and "crash" in caplog.text
     assert answers(tmp_path) == expected
     monkeypatch.undo()
-    done = compaction.compact_after_run(lake, [("m", "c"), ("m", "d")])  # the next run's end finishes the job
+    # the next run's end finishes the job
+    done = compaction.compact_after_run(lake, [("m", "c"), ("m", "d")], derived_tables())
     assert done is not None and not done.skipped.get("m @ d")
     assert answers(tmp_path) == expected and lake.check() == []
     assert all("compacted-" in p for p in lake.view_files().files["matches"])
@@ -530,7 +532,7 @@ def test_compaction_stores_the_hits_the_views_count_and_they_equal_the_live_coun
     expected = answers(tmp_path)
     total = connect(tmp_path).execute("SELECT count(*) FROM matches").fetchone()[0]
     assert _live_rows(tmp_path) == total > 0  # nothing stored yet
-    compact(lake, vacuum_after_s=0)
+    compact(lake, derived=derived_tables(), vacuum_after_s=0)
     assert _live_rows(tmp_path) == 0 and answers(tmp_path) == expected
     files = lake.view_files().files
     assert all(len(files[t]) == 2 for t in ("matches", "layer_hits", "sentence_hits", "alignment_interval"))
@@ -556,61 +558,63 @@ def test_compaction_stores_the_hits_the_views_count_and_they_equal_the_live_coun
     assert lake.check() == []
 
 
-def test_a_lake_compacted_before_hits_were_stored_gets_them_at_the_next_compaction(tmp_path, monkeypatch):
+def test_a_lake_compacted_before_hits_were_stored_gets_them_at_the_next_compaction(tmp_path):
     from neuronxa_ray.lake import compaction
 
     lake = _two_checkpoints(tmp_path)
     expected = answers(tmp_path)
-    monkeypatch.setattr(compaction, "derive_hits", lambda matches: {})  # as compactions did before hits existed
-    compaction.compact(lake, vacuum_after_s=0)
+    compaction.compact(lake, vacuum_after_s=0)  # nothing derived: as compactions did before stored rows existed
     assert not lake.view_files().files["layer_hits"] and _live_rows(tmp_path) > 0
     assert answers(tmp_path) == expected
-    monkeypatch.undo()
-    done = compaction.compact(lake, vacuum_after_s=0)
+    assert not compaction.compact(lake).compacted  # without them to store, nothing to do
+    done = compaction.compact(lake, derived=derived_tables(), vacuum_after_s=0)
     assert sorted(done.compacted) == ["m @ c", "m @ d"]  # compacted again, for the hits
     assert _live_rows(tmp_path) == 0 and answers(tmp_path) == expected and lake.check() == []
-    assert not compaction.compact(lake).compacted  # then nothing left to do
+    assert not compaction.compact(lake, derived=derived_tables()).compacted  # then nothing left to do
 
 
-def test_rows_stored_by_other_view_definitions_are_counted_live_then_replaced(tmp_path, monkeypatch):
+def total_rows(root) -> int:
+    return connect(root).execute("SELECT count(*) FROM matches").fetchone()[0]
+
+
+def test_rows_stored_by_other_view_definitions_are_counted_live_then_replaced(tmp_path):
     """Stored rows carry the version of the views that computed them (a hash of sql/15_hits.sql, 25_intervals.sql
     and the bootstrap's code): after an upgrade that changes them, the views count those checkpoints live (never a
     mix of two definitions) and the next compaction stores them again."""
-    import importlib
+    import dataclasses
 
     from neuronxa_ray.lake.compaction import compact
 
-    connect_module = importlib.import_module("neuronxa_ray.query.connect")
-
     lake = _two_checkpoints(tmp_path)
     expected = answers(tmp_path)
-    monkeypatch.setattr(connect_module, "derived_version", lambda: "0ther0ld00")
-    compact(lake, vacuum_after_s=0)
+    compact(lake, derived=dataclasses.replace(derived_tables(), version="0ther0ld00"), vacuum_after_s=0)
     assert all(".0ther0ld00.parquet" in p for p in lake.view_files().files["layer_hits"])
-    assert _live_rows(tmp_path) == 0
-    monkeypatch.undo()
+    assert _live_rows(tmp_path) == total_rows(tmp_path) > 0  # another version: not read
+    assert answers(tmp_path) == expected
     total = connect(tmp_path).execute("SELECT count(*) FROM matches").fetchone()[0]
     assert _live_rows(tmp_path) == total > 0 and answers(tmp_path) == expected
-    assert sorted(compact(lake, vacuum_after_s=0).compacted) == ["m @ c", "m @ d"]
+    assert sorted(compact(lake, derived=derived_tables(), vacuum_after_s=0).compacted) == ["m @ c", "m @ d"]
     assert _live_rows(tmp_path) == 0 and answers(tmp_path) == expected and lake.check() == []
     assert not any("0ther0ld00" in p for t in ("layer_hits", "sentence_hits") for p in lake.view_files().files[t])
 
 
-def test_a_run_that_takes_the_lease_while_hits_are_derived_keeps_its_markers(tmp_path, monkeypatch):
+def test_a_run_that_takes_the_lease_while_hits_are_derived_keeps_its_markers(tmp_path):
+    import dataclasses
+
     from neuronxa_ray.lake import compaction
 
     lake = _two_checkpoints(tmp_path)
-    derive = compaction.derive_hits
+    derived = derived_tables()
     held = []
 
     def derive_then_a_run_starts(matches):
-        out = derive(matches)
+        out = derived.rows(matches)
         if not held:
             held.append(lake.acquire("m", "c", "base", "run-late").__enter__())  # a run starts writing c
         return out
 
-    monkeypatch.setattr(compaction, "derive_hits", derive_then_a_run_starts)
     markers = {p: (tmp_path / p).read_bytes() for p in lake.markers("_done/model=m/checkpoint=c/")}
-    done = compaction.compact(lake, model="m", checkpoint="c", vacuum_after_s=0)
+    slow = dataclasses.replace(derived, rows=derive_then_a_run_starts)
+    done = compaction.compact(lake, model="m", checkpoint="c", vacuum_after_s=0, derived=slow)
     assert "started writing it" in done.skipped["m @ c"]
     assert {p: (tmp_path / p).read_bytes() for p in markers} == markers  # not one marker rewritten

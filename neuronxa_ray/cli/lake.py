@@ -32,8 +32,9 @@ def cmd_lake(args) -> int:
     check_lake(lake.uri)
     if args.lake_command == "compact":
         from neuronxa_ray.lake.compaction import compact
+        from neuronxa_ray.query.connect import derived_tables
 
-        done = compact(lake, args.model, args.checkpoint)
+        done = compact(lake, args.model, args.checkpoint, derived=derived_tables())
         for label, (before, after) in done.compacted.items():
             print(f"compacted {label}: {before} files -> {after}")
         for label, why in done.skipped.items():

@@ -50,6 +50,7 @@ def compact_completed(jobs: list, report, args) -> None:
         return
     from neuronxa_ray.lake import Lake
     from neuronxa_ray.lake.compaction import compact_after_run
+    from neuronxa_ray.query.connect import derived_tables
 
     failed = {(f.model, f.checkpoint) for f in report.failed}
     computed = {(row["model"], row["checkpoint"]) for row in report.runs}
@@ -59,7 +60,7 @@ def compact_completed(jobs: list, report, args) -> None:
             continue
         ours = (job.model_name, *(i.model_name(job.model_name) for i in job.interventions))
         keys = [k for k in computed - failed if k[0] in ours]
-        compact_after_run(lake, keys)
+        compact_after_run(lake, keys, derived_tables())
 
 
 def _load_jobs(paths: list[str], args) -> list:

@@ -36,6 +36,7 @@ import logging
 import posixpath
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -82,8 +83,11 @@ def compact(
     crash_after: str | None = None,
     keys: list[tuple[str, str]] | None = None,
     fold: bool = True,
+    derived: Derived | None = None,
 ) -> Compaction:
     """Compact every complete checkpoint (or those of model / checkpoint, or the (model, checkpoint) keys).
+    derived: what to store beside the merged matches (query.derived_tables(), as `lake compact` and `run` pass it;
+    None: nothing, and stored rows missing or of another version are no reason to compact).
     The catalogue is read once for all of them (and once more to vacuum), so compacting one checkpoint costs one
     reading of the catalogue, not one per checkpoint. fold: write a snapshot afterwards (`lake compact`); else
     the log is folded as writers fold it. crash_after: a step name ("files", "markers", "catalogue") after which to
@@ -107,7 +111,7 @@ def compact(
         )
     for key in keys:
         label = f"{key[0]} @ {key[1]}"
-        why = _compact_checkpoint(lake, catalog, state or CatalogState(), *key, crash_after)
+        why = _compact_checkpoint(lake, catalog, state or CatalogState(), *key, crash_after, derived)
         if isinstance(why, str):
             out.skipped[label] = why
         else:
@@ -119,7 +123,9 @@ def compact(
     return out
 
 
-def compact_after_run(lake: Lake | str, keys: list[tuple[str, str]]) -> Compaction | None:
+def compact_after_run(
+    lake: Lake | str, keys: list[tuple[str, str]], derived: Derived | None = None
+) -> Compaction | None:
     """Compact the (model, checkpoint)s a run completed, as `lake compact` would, and fold the catalogue into a
     snapshot (so that the next reader opens the lake from one file); never fails the run: a failure is one warning
     (the lake stays as the run left it, and `lake compact` can do it later)."""
@@ -127,7 +133,7 @@ def compact_after_run(lake: Lake | str, keys: list[tuple[str, str]]) -> Compacti
         return None
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     try:
-        done = compact(lake, keys=keys)
+        done = compact(lake, keys=keys, derived=derived)
     except Exception as e:  # compaction is an optimisation: the run's results are in the lake already
         log.warning("lake %s: not compacted after the run (%s); `neuronxa-ray lake compact` can do it later",
                     lake.uri, " ".join(str(e).split())[:200])  # fmt: skip
@@ -139,7 +145,13 @@ def compact_after_run(lake: Lake | str, keys: list[tuple[str, str]]) -> Compacti
 
 
 def _compact_checkpoint(
-    lake: Lake, catalog: Catalog, state: CatalogState, model: str, checkpoint: str, crash_after: str | None
+    lake: Lake,
+    catalog: Catalog,
+    state: CatalogState,
+    model: str,
+    checkpoint: str,
+    crash_after: str | None,
+    derived: Derived | None = None,
 ) -> tuple[int, int] | str:
     """Compact one checkpoint: (files before, files after), or why it was skipped. state: the catalogue as read
     before (its records of this checkpoint: files an interrupted compaction left named)."""
@@ -158,11 +170,11 @@ def _compact_checkpoint(
     complete, stale, _, left_out = visible(markers, lake.done_marker)
     if stale or left_out:
         return "some of its languages are stale or incomplete (`neuronxa-ray lake check`)"
-    from neuronxa_ray.query.connect import derived_path, derived_version
-
-    version = derived_version()
-    hitless = any(  # a language without current stored rows: never compacted, recomputed since, compacted before
-        "matches" in named and not named >= set(DERIVED_TABLES)  # they existed, or by other view definitions
+    version = derived.version if derived is not None else None
+    # a language without current stored rows (never compacted, recomputed since, compacted before they existed or
+    # by other view definitions)
+    hitless = derived is not None and any(
+        "matches" in named and not named >= set(DERIVED_TABLES)
         for named in (
             {f["table"] for f in r["files"] if f["table"] not in DERIVED_TABLES or version in f["path"]}
             for r in complete
@@ -182,17 +194,17 @@ def _compact_checkpoint(
         name = f"/compacted-{uuid.uuid4().hex[:12]}.parquet"
         written = lake.write(table, merged, partition(table, model, checkpoint) + name)
         new_files[table] = dataclasses.replace(written, file_rows=written.rows)
-        if table == "matches":  # its hits, under the same name and the views' version
-            for derived, rows in derive_hits(merged).items():
-                path = derived_path(partition(table, model, checkpoint) + name, derived, version)
+        if table == "matches" and derived is not None:  # its hits, under the same name and the views' version
+            for kind, rows in derive_hits(derived, merged).items():
+                path = derived.path(partition(table, model, checkpoint) + name, kind, version)
                 if writer_now := _writing_run(storage, model, checkpoint):  # derive_hits took a while: check again
                     return f"run {writer_now} started writing it"
-                written = lake.write(derived, rows, path)
-                new_files[derived] = dataclasses.replace(written, file_rows=written.rows)
+                written = lake.write(kind, rows, path)
+                new_files[kind] = dataclasses.replace(written, file_rows=written.rows)
                 per_key = _rows_per_pair(rows)
                 for rel, record in markers.items():
                     if (table, rel) in unit_rows:
-                        unit_rows[(derived, rel)] = per_key.get((record["pivot_lang"], record["lang"]), 0)
+                        unit_rows[(kind, rel)] = per_key.get((record["pivot_lang"], record["lang"]), 0)
     if crash_after == "files":
         raise RuntimeError("crash after the compacted files")
     if writer_now := _writing_run(storage, model, checkpoint):  # markers are about to be rewritten: a run that took
@@ -255,12 +267,20 @@ def _merge(storage: Storage, table: str, markers: dict[str, dict], unit_rows: di
     return pa.concat_tables(parts).sort_by([(c, "ascending") for c in SORT[table]])
 
 
-def derive_hits(matches: pa.Table) -> dict[str, pa.Table]:
-    """layer_hits, sentence_hits and alignment_interval of a checkpoint's matches rows (query.connect.derived_rows:
-    the views evaluated over those rows alone), in the tables' schemas, sorted."""
-    from neuronxa_ray.query.connect import derived_rows
+@dataclass(frozen=True)
+class Derived:
+    """What compaction stores beside a checkpoint's merged matches, given from above (query.derived_tables: the
+    views evaluated over those rows alone): version names what computed them (stored rows of another version are
+    not read and are replaced), rows(matches) -> table -> rows, path(matches file, table, version) -> its file."""
 
-    out = derived_rows(matches)
+    version: str
+    rows: Callable[[pa.Table], dict[str, pa.Table]]
+    path: Callable[[str, str, str], str]
+
+
+def derive_hits(derived: Derived, matches: pa.Table) -> dict[str, pa.Table]:
+    """The derived tables of a checkpoint's matches rows, sorted."""
+    out = derived.rows(matches)
     return {t: out[t].sort_by([(c, "ascending") for c in SORT[t]]) for t in DERIVED_TABLES}
 
 

@@ -15,6 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from neuronxa_ray.lake import Lake, table_schema
+from neuronxa_ray.lake.compaction import Derived
 from neuronxa_ray.lake.schema import DERIVED_TABLES
 from neuronxa_ray.query.functions import register as register_functions
 
@@ -126,6 +127,11 @@ def derived_rows(matches: pa.Table) -> dict[str, pa.Table]:
         return out
     finally:
         con.close()
+
+
+def derived_tables() -> Derived:
+    """What compaction stores beside merged matches: the views' derived tables (derived_rows), their version."""
+    return Derived(derived_version(), derived_rows, derived_path)
 
 
 def derived_path(matches_path: str, table: str, version: str) -> str:
