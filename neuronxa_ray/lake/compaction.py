@@ -197,8 +197,6 @@ def _compact_checkpoint(
         if table == "matches" and derived is not None:  # its hits, under the same name and the views' version
             for kind, rows in derive_hits(derived, merged).items():
                 path = derived.path(partition(table, model, checkpoint) + name, kind, version)
-                if writer_now := _writing_run(storage, model, checkpoint):  # derive_hits took a while: check again
-                    return f"run {writer_now} started writing it"
                 written = lake.write(kind, rows, path)
                 new_files[kind] = dataclasses.replace(written, file_rows=written.rows)
                 per_key = _rows_per_pair(rows)
@@ -207,8 +205,10 @@ def _compact_checkpoint(
                         unit_rows[(kind, rel)] = per_key.get((record["pivot_lang"], record["lang"]), 0)
     if crash_after == "files":
         raise RuntimeError("crash after the compacted files")
-    if writer_now := _writing_run(storage, model, checkpoint):  # markers are about to be rewritten: a run that took
-        return f"run {writer_now} started writing it"  # the lease meanwhile keeps its own (the new files: orphans)
+    # markers are about to be rewritten: a run that took the lease while the files were merged and derived keeps
+    # its own (the new files are orphans, tidied like an interrupted compaction's)
+    if writer_now := _writing_run(storage, model, checkpoint):
+        return f"run {writer_now} started writing it"
     now = time.time()
     changes, superseded = _switched(markers, new_files, unit_rows, now)
     marker_sizes = _write_markers(storage, changes, crash_after)
