@@ -9,6 +9,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Two pytest-xdist workers, each with its own Ray whose actor runs torch on 2 threads, share 2 cores: OpenMP's
+# default spin-waiting then burns the time the other process needs. Measured on this suite's 2-core machine, one
+# Gemma 3 270M forward pass over 50 sentences, two at once: 33 s wall and 33 CPU s each spinning, 14 s each passive
+# (alone, passive is slower: 11.6 s against 8.5 s, which is why the product does not set it). Inherited by Ray's
+# workers and by the drivers the tests start.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
@@ -24,8 +30,15 @@ def ray_session(_ray_shutdown_at_end):
     """One local Ray (2 CPUs, a small object store) shared by the modules that ask for it, shut down at the end of
     the session. Started again when a module before this one ended it (test_cluster.py replaces it by a cluster of
     its own), so that no module depends on the order in which modules run (pytest-xdist gives each worker its own
-    share of the modules, in its own order)."""
+    share of the modules, in its own order).
+
+    The module's runs keep their idle actors for the next run (`keep_actors`, as a notebook would): a new actor is
+    a process that imports torch and transformers, seconds of CPU each, and this suite runs about a hundred runs.
+    The first run of each module starts its actors afresh; test_cluster.py and test_fault_injection.py, which kill
+    actors and drivers, run without kept actors."""
     import ray
+
+    from neuronxa_ray.execution.kept import keep_actors
 
     if not ray.is_initialized():
         ray.init(
@@ -35,7 +48,20 @@ def ray_session(_ray_shutdown_at_end):
             include_dashboard=False,
             configure_logging=False,
         )
-    return ray
+    with keep_actors():
+        yield ray
+
+
+@pytest.fixture
+def ray_address(ray_session) -> str:
+    """The shared Ray's address, for a driver in another process: the actors kept by this module's earlier runs are
+    killed first, since they hold the CPUs that driver's actors need."""
+    from neuronxa_ray.execution.kept import kept
+
+    block = kept()
+    if block is not None:
+        block.release()
+    return ray_session.get_runtime_context().gcs_address
 
 
 def _free_ports(n: int) -> list[int]:

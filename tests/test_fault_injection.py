@@ -40,14 +40,14 @@ def _markers(lake) -> int:
     return sum(1 for _ in (lake / "_done").rglob("*.json")) if (lake / "_done").exists() else 0
 
 
-def test_driver_killed_at_random_points_then_resumed(ray_session, tmp_path):
+def test_driver_killed_at_random_points_then_resumed(ray_address, tmp_path):
     (tmp_path / "data").mkdir()
     for lang, texts in TEXTS.items():
         lines = [f"{text} ({i})" for i in range(15) for text in texts]
         (tmp_path / "data" / f"{lang}.txt").write_text("\n".join(lines) + "\n")
     for step in STEPS:
         save_tiny("llama", tmp_path / f"checkpoint-{step}", seed=step)
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
 
     def command(job):
         return [sys.executable, "-m", "neuronxa_ray.cli", "run", job, "--no-progress", "--no-scores"]

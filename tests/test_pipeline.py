@@ -255,3 +255,45 @@ def test_attempts_time_what_each_unit_did(ray_session, tiny_job, tmp_path):
         assert started <= extracted <= finished
     for before, after in itertools.pairwise(rows):
         assert before[3] <= after[1], (before, after)  # written before the next unit began
+
+
+def test_idle_actors_are_kept_for_the_next_run_and_die_with_the_block(ray_session, tiny_job, tmp_path):
+    """Within keep_actors() (this module runs in one), the next run takes the idle actor of the previous one (the
+    same process) and computes what a new actor computes; a kept actor that died is replaced by a new one; actors
+    of another shape are not reused (and no longer kept); the block's end kills what it keeps."""
+    import os
+    import signal
+
+    import ray
+
+    from neuronxa_ray.execution.kept import kept
+
+    _, raw = tiny_job
+    block = kept()
+    assert block is not None
+    block.release()  # whatever earlier tests of this module left
+    base = block.reused
+
+    def run(name: str, **fields) -> tuple[list, list[int]]:
+        job = job_from_dict({**raw, "lake": str(tmp_path / name), **fields})
+        assert run_jobs([job], RunOptions(progress=False)).failed == []
+        (handles,) = block.idle.values()  # one shape kept
+        rows = connect(job.lake).execute("SELECT * FROM alignment ORDER BY ALL").fetchall()
+        return rows, sorted(
+            ray.get([h.ready.remote() for h in handles], timeout=60)[i]["pid"] for i in range(len(handles))
+        )
+
+    first, [pid] = run("a")
+    assert block.reused == base
+    again, [same] = run("b")
+    assert (block.reused - base, same) == (1, pid) and again == first
+    os.kill(pid, signal.SIGKILL)  # a kept actor lost while idle
+    after_loss, [new] = run("c")
+    assert block.reused - base == 1 and new != pid and after_loss == first
+    two, pids = run("d", num_actors=2)  # another shape: 2 actors of 1 CPU
+    assert block.reused - base == 1 and len(pids) == 2 and new not in pids and two == first
+    handles = [h for hs in block.idle.values() for h in hs]
+    block.release()
+    for handle in handles:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(handle.ready.remote(), timeout=60)

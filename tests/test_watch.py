@@ -174,7 +174,7 @@ def test_exit_status_says_which_checkpoints_are_missing(tmp_path, monkeypatch, c
     assert "checkpoint-200" not in err.split("still missing")[1]
 
 
-def test_sigterm_ends_watch_as_cleanly_as_ctrl_c_and_the_lake_resumes(ray_session, tmp_path):
+def test_sigterm_ends_watch_as_cleanly_as_ctrl_c_and_the_lake_resumes(ray_address, tmp_path):
     """SIGTERM while idle, then SIGTERM in the middle of a checkpoint's evaluation: exit 143, one line, no traceback
     or stack dump; the lake checks clean and a second watch completes it (exit 0 at --until-step)."""
     import os
@@ -185,7 +185,7 @@ def test_sigterm_ends_watch_as_cleanly_as_ctrl_c_and_the_lake_resumes(ray_sessio
     job = _glob_job(tmp_path, placement_timeout_s=300)  # a busy machine starts actors slowly
     save_tiny("llama", tmp_path / "ckpts" / "checkpoint-100", seed=1)
     started: list[subprocess.Popen] = []
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
     argv = [sys.executable, "-m", "neuronxa_ray.cli", "watch", job, "--interval", "0.3", "--settle", "0.5"]
 
     def start(*extra):

@@ -5,6 +5,7 @@ actors, its states as a second object.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -109,3 +110,24 @@ class Actor:
 
     def flush(self) -> list[WriteOutcome]:
         return self._take() + (self.worker.collect() if self.worker is not None else [])
+
+    def reset(self) -> None:
+        """Back to a new actor's state, kept for another run of the driver's process: the model and anything
+        prefetched dropped (and their memory freed), counters zero. Writes are all confirmed when a run ends."""
+        import gc
+
+        import torch
+
+        for future in self.prefetched.values():
+            future.cancel()
+        with contextlib.suppress(Exception):  # a failed prefetch: nothing to drop
+            for future in self.prefetched.values():
+                future.result()
+        if self.worker is not None:
+            self.worker.collect()
+            self.worker.close()
+        self.worker, self.loaded, self.prefetched, self.outbox = None, None, {}, []
+        self.loads, self._write_base = 0, 0.0
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -14,6 +14,7 @@ from neuronxa_ray.config.job import JobConfig
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.execution.bookkeeping import runs_row
 from neuronxa_ray.execution.environment import check_local_devices, init_ray, pool_shape
+from neuronxa_ray.execution.kept import keep_actors
 from neuronxa_ray.execution.pool import ActorPool
 from neuronxa_ray.execution.scheduler import Scheduler
 from neuronxa_ray.execution.state import FailedUnit, RunOptions, RunReport, first_line, now
@@ -27,7 +28,11 @@ def run_jobs(jobs: list[JobConfig], options: RunOptions | None = None) -> RunRep
     """Plan every job, run what is missing on one actor pool, record runs and attempts; then, for jobs with
     interventions, the checkpoints again with their neuron sets switched off (a second phase: the sets come from
     the first phase's results). Raises NeuronxaError before Ray starts (or any model loads) when an input is bad."""
-    options = options or RunOptions()
+    with keep_actors():  # the second phase (interventions) runs on the first phase's actors
+        return _run_jobs(jobs, options or RunOptions())
+
+
+def _run_jobs(jobs: list[JobConfig], options: RunOptions) -> RunReport:
     t_start, started = time.perf_counter(), now()
     run_id = f"{started.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
     check_local_devices(jobs, options)
@@ -63,6 +68,7 @@ def run_phase(all_plans: list[CheckpointPlan], options: RunOptions, run_id: str,
     pool = make_pool(ray, plans, options)
     scheduler = Scheduler(ray, pool, plans, run_id, options.progress)
     scheduler.leases.acquire()
+    finished = False
     try:
         pool.launch()
         scheduler.dispatch.prewarm()
@@ -72,8 +78,9 @@ def run_phase(all_plans: list[CheckpointPlan], options: RunOptions, run_id: str,
         log.info("%d actor(s) placed in %.1fs; %d unit(s) to run", pool.size, startup_s, len(scheduler.units))
         scheduler.run()
         loads = sum(s.loads for s in pool.slots)
+        finished = True
     finally:
-        pool.shutdown()
+        pool.shutdown(keep=finished)  # idle actors go to the open keep_actors() block, if any
         scheduler.leases.release()
     runs = record_runs(scheduler, run_id, started, startup_s, time.perf_counter() - t_start)
     failed = scheduler.failed_units()

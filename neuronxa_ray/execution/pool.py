@@ -11,6 +11,7 @@ from typing import Any
 
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.execution.actor import Actor
+from neuronxa_ray.execution.kept import kept, shape_key
 from neuronxa_ray.execution.state import Slot
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,13 @@ class ActorPool:
         self.slots: list[Slot] = []
         self.placing: dict[Any, tuple[Slot, float]] = {}  # ready ref -> (slot, deadline)
         self._cls = ray.remote(**options)(Actor)
+        self.key = shape_key(ray, options, threads, factory)
 
     def _new(self) -> tuple[Slot, Any]:
-        slot = Slot(id=len(self.slots), handle=self._cls.remote(self.threads, self.factory))
+        """A slot for an actor: one kept from an earlier run of this process (see keep_actors), else a new one."""
+        block = kept()
+        handle = block.take(self.ray, self.key) if block is not None and self.key is not None else None
+        slot = Slot(id=len(self.slots), handle=handle or self._cls.remote(self.threads, self.factory))
         self.slots.append(slot)
         return slot, slot.handle.ready.remote()
 
@@ -97,7 +102,13 @@ class ActorPool:
             "Set num_actors (or --num-actors) lower, gpus_per_actor, or placement_timeout_s for nodes still starting"
         )
 
-    def shutdown(self) -> None:
+    def shutdown(self, keep: bool = False) -> None:
+        """Kill the actors; keep: hand those placed, alive and idle to the open keep_actors() block instead."""
+        block = kept()
         for slot in self.slots:
+            idle = all(kind != "unit" for _, kind, _ in slot.inflight)  # a warm-up or flush: reset runs after it
+            if keep and block is not None and self.key is not None and slot.alive and slot.node and idle:
+                block.put(self.ray, self.key, slot.handle)
+                continue
             with contextlib.suppress(Exception):  # already gone
                 self.ray.kill(slot.handle)

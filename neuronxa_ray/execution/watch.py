@@ -21,6 +21,7 @@ from pathlib import Path
 
 from neuronxa_ray.config.job import Checkpoint, JobConfig
 from neuronxa_ray.errors import NeuronxaError
+from neuronxa_ray.execution.kept import keep_actors
 
 log = logging.getLogger(__name__)
 
@@ -131,35 +132,49 @@ def watch(
     state = state or WatchState()
     retry_s = max(interval_s, settle_s, 1.0)
     while not stop.is_set():
-        for checkpoint in ready_checkpoints(job, state, settle_s):
-            if stop.is_set():
-                break
-            log.info("new checkpoint: %s", checkpoint.name)
-            try:
-                run(dataclasses.replace(job, checkpoints=[checkpoint]))
-            except Exception as e:  # no weights yet, a lake that is down, failed units: tried again later
-                error = " ".join(str(e).split()) or type(e).__name__
-                failure = _failed(state, checkpoint, error, retry_s, time.monotonic())
-                log.error(
-                    "%s: %s (try %d; tried again in %.0fs, or when its files change)",
-                    checkpoint.name,
-                    error,
-                    failure.tries,
-                    failure.retry_at - time.monotonic(),
-                )
-                continue
-            state.evaluated.add(checkpoint.name)
-            state.failed.pop(checkpoint.name, None)
-            if checkpoint.step is not None:
-                state.done_steps.append(checkpoint.step)
-            try:
-                report(job, [checkpoint])
-            except Exception as e:  # e.g. the lake stopped answering right after: the checkpoint is in it
-                log.error("%s: evaluated, but its row could not be read: %s", checkpoint.name, " ".join(str(e).split()))
+        with keep_actors():  # one poll's checkpoints (a backlog) on the same actors; none held while waiting
+            _evaluate(job, run, report, ready_checkpoints(job, state, settle_s), state, retry_s, stop)
         if until_step is not None and any(step >= until_step for step in state.done_steps):
             break
         stop.wait(interval_s)
     return state
+
+
+def _evaluate(
+    job: JobConfig,
+    run: Callable[[JobConfig], object],
+    report: Callable[[JobConfig, list[Checkpoint]], None],
+    ready: list[Checkpoint],
+    state: WatchState,
+    retry_s: float,
+    stop: threading.Event,
+) -> None:
+    """Evaluate the ready checkpoints one by one, each row printed at once; a failure is tried again later."""
+    for checkpoint in ready:
+        if stop.is_set():
+            break
+        log.info("new checkpoint: %s", checkpoint.name)
+        try:
+            run(dataclasses.replace(job, checkpoints=[checkpoint]))
+        except Exception as e:  # no weights yet, a lake that is down, failed units: tried again later
+            error = " ".join(str(e).split()) or type(e).__name__
+            failure = _failed(state, checkpoint, error, retry_s, time.monotonic())
+            log.error(
+                "%s: %s (try %d; tried again in %.0fs, or when its files change)",
+                checkpoint.name,
+                error,
+                failure.tries,
+                failure.retry_at - time.monotonic(),
+            )
+            continue
+        state.evaluated.add(checkpoint.name)
+        state.failed.pop(checkpoint.name, None)
+        if checkpoint.step is not None:
+            state.done_steps.append(checkpoint.step)
+        try:
+            report(job, [checkpoint])
+        except Exception as e:  # e.g. the lake stopped answering right after: the checkpoint is in it
+            log.error("%s: evaluated, but its row could not be read: %s", checkpoint.name, " ".join(str(e).split()))
 
 
 def missing(job: JobConfig, state: WatchState, until_step: int | None = None) -> list[tuple[str, str]]:
