@@ -111,9 +111,10 @@ class Actor:
     def flush(self) -> list[WriteOutcome]:
         return self._take() + (self.worker.collect() if self.worker is not None else [])
 
-    def reset(self) -> None:
+    def reset(self, factory: Any = None) -> dict:
         """Back to a new actor's state, kept for another run of the driver's process: the model and anything
-        prefetched dropped (and their memory freed), counters zero. Writes are all confirmed when a run ends."""
+        prefetched dropped (and their memory freed), counters zero, and the next run's worker factory. Writes are all
+        confirmed when a run ends. Returns ready()'s answer."""
         import gc
 
         import torch
@@ -128,6 +129,8 @@ class Actor:
             self.worker.close()
         self.worker, self.loaded, self.prefetched, self.outbox = None, None, {}, []
         self.loads, self._write_base = 0, 0.0
+        self.factory = factory or LanguageWorker
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        return self.ready()

@@ -22,22 +22,22 @@ ALIVE_TIMEOUT_S = 30.0  # a kept actor that does not answer within this is given
 
 
 class KeptActors:
-    """Idle actors by shape: (Ray job, Ray options, torch threads, worker factory)."""
+    """Idle actors by shape: (Ray job, Ray options, torch threads); the worker factory is set again on reuse."""
 
     def __init__(self) -> None:
         self.idle: dict[tuple, list[Any]] = {}
         self.reused = 0
 
-    def take(self, ray, key: tuple) -> Any | None:
-        """A kept actor of this shape that still answers (reset already), or None; kills kept actors of other
-        shapes, which hold resources this pool may need."""
+    def take(self, ray, key: tuple, factory: Any = None) -> Any | None:
+        """A kept actor of this shape that still answers, set to the given worker factory, or None; kills kept
+        actors of other shapes, which hold resources this pool may need."""
         for other in [k for k in self.idle if k != key]:
             _kill(ray, self.idle.pop(other))
         handles = self.idle.get(key, [])
         while handles:
             handle = handles.pop()
             try:
-                ray.get(handle.ready.remote(), timeout=ALIVE_TIMEOUT_S)
+                ray.get(handle.reset.remote(factory), timeout=ALIVE_TIMEOUT_S)
             except Exception as e:  # lost with its node, or killed: start a new one instead
                 log.debug("a kept actor is gone (%s); starting a new one", str(e).splitlines()[0] if str(e) else e)
                 _kill(ray, [handle])
@@ -96,10 +96,10 @@ def keep_actors() -> Iterator[KeptActors]:
         block.release()
 
 
-def shape_key(ray, options: dict, threads: int, factory: Any) -> tuple | None:
-    """What makes two actors interchangeable; None when they cannot be compared (an unhashable factory)."""
+def shape_key(ray, options: dict, threads: int) -> tuple | None:
+    """What makes two actors interchangeable; None when they cannot be compared."""
     try:
-        key = (ray.get_runtime_context().get_job_id(), tuple(sorted(options.items())), threads, factory)
+        key = (ray.get_runtime_context().get_job_id(), tuple(sorted(options.items())), threads)
         hash(key)
     except Exception:
         return None

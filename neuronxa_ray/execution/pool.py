@@ -30,12 +30,12 @@ class ActorPool:
         self.slots: list[Slot] = []
         self.placing: dict[Any, tuple[Slot, float]] = {}  # ready ref -> (slot, deadline)
         self._cls = ray.remote(**options)(Actor)
-        self.key = shape_key(ray, options, threads, factory)
+        self.key = shape_key(ray, options, threads)
 
     def _new(self) -> tuple[Slot, Any]:
         """A slot for an actor: one kept from an earlier run of this process (see keep_actors), else a new one."""
         block = kept()
-        handle = block.take(self.ray, self.key) if block is not None and self.key is not None else None
+        handle = block.take(self.ray, self.key, self.factory) if block is not None and self.key is not None else None
         slot = Slot(id=len(self.slots), handle=handle or self._cls.remote(self.threads, self.factory))
         self.slots.append(slot)
         return slot, slot.handle.ready.remote()
