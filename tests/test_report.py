@@ -388,7 +388,8 @@ class _FigureScan(HTMLParser):
 
 @pytest.fixture(scope="module")
 def demo_lake(ray_session, tmp_path_factory):
-    """The demo's model and data, 3 languages besides English, two checkpoints, one imported benchmark."""
+    """The demo's model and data, 3 languages besides English, two checkpoints, one imported benchmark; 10
+    sentences cut at 48 tokens (the page is what is checked here; test_real_model checks the scores)."""
     root = tmp_path_factory.mktemp("report_demo")
     job = root / "job.yaml"
     job.write_text(
@@ -397,7 +398,8 @@ def demo_lake(ray_session, tmp_path_factory):
         'data: {path: "bundled:udhr"}\n'
         "pivot: eng\n"
         "languages: [fra, deu, swh]\n"
-        "n_sentences: 20\n"
+        "n_sentences: 10\n"
+        "max_length: 48\n"
         "checkpoints: [{name: step1, step: 1}, {name: step2, step: 2}]\n"
     )
     lake = root / "lake"

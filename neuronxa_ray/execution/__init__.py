@@ -16,21 +16,25 @@ only places them:
   ends with its table of failed units, and a rerun completes the lake. Bookkeeping writes (runs, attempts) never end
   a run;
 - actors that cannot be placed within placement_timeout_s give an error naming what was asked and what the
-  cluster has; every attempt is a row in the lake's `attempts` table.
+  cluster has; every attempt is a row in the lake's `attempts` table;
+- inside keep_actors() (kept), actors that end a run idle are kept for the next run of the same shape in this
+  process instead of being started again (run_jobs' two phases, a watch poll's backlog, a notebook's block).
 
 Why actors rather than Ray Data's map_batches: a language's per-neuron counters accumulate across its batches on
 one device, and its cosine matrices against the pivot need all of its sentences and the pivot's states together
 on that device; actors stream each language through one model so only summaries leave it.
 
 Modules: state (units, queues, options; no Ray) -> policy (which work next: pure functions of the state) ->
-actor and pool (the Ray actors) -> dispatch (a pick becomes a Ray call) -> lakes (outages), leases, bookkeeping
-(attempts and runs rows) -> scheduler (the loop) -> driver (run_jobs); pairs (every pivot-language pair from stored
-states) and watch (run each checkpoint as it appears) sit beside the driver. Imports only point down that list.
+kept (idle actors between runs) -> actor and pool (the Ray actors) -> dispatch (a pick becomes a Ray call) -> lakes
+(outages), leases, bookkeeping (attempts and runs rows) -> scheduler (the loop) -> driver (run_jobs); pairs (every
+pivot-language pair from stored states) and watch (run each checkpoint as it appears) sit beside the driver. Imports
+only point down that list.
 """
 
+from neuronxa_ray.execution.kept import keep_actors
 from neuronxa_ray.execution.state import FailedUnit, RunOptions, RunReport
 
-__all__ = ["FailedUnit", "RunOptions", "RunReport", "run_jobs"]
+__all__ = ["FailedUnit", "RunOptions", "RunReport", "keep_actors", "run_jobs"]
 
 
 def __getattr__(name: str):
