@@ -17,8 +17,8 @@ install: $(STAMP)
 demo: $(STAMP)  ## the offline demo: NeuronXA + MEXA scores for 12 languages, Gemma 3 270M, bundled UDHR
 	$(VENV)/bin/neuronxa-ray run jobs/udhr_gemma3.yaml
 
-# The suite mostly waits (Ray starting, leases expiring, subprocess drivers, the S3 server, the browser): two
-# pytest-xdist workers, each module whole on one worker (its module fixtures built once), slowest modules first
+# The suite is CPU-bound (Ray actors importing torch, the Gemma runs, subprocess drivers): two pytest-xdist workers,
+# one per core, each module whole on one worker (its module fixtures built once), slowest modules first
 # (tests/conftest.py SLOW_FIRST). One file alone: $(PY) -m pytest -q tests/test_x.py (one process).
 TEST_WORKERS ?= 2
 test: $(STAMP)  ## the whole suite (CI runs exactly this)
