@@ -260,11 +260,13 @@ def test_attempts_time_what_each_unit_did(ray_session, tiny_job, tmp_path):
 def test_idle_actors_are_kept_for_the_next_run_and_die_with_the_block(ray_session, tiny_job, tmp_path):
     """Within keep_actors() (this module runs in one), the next run takes the idle actor of the previous one (the
     same process) and computes what a new actor computes; a kept actor that died is replaced by a new one; actors
-    of another shape are not reused (and no longer kept); the block's end kills what it keeps."""
+    of another shape are not reused (and no longer kept); a run's worker factory does not outlive it; the block's
+    end kills what it keeps."""
     import os
     import signal
 
     import ray
+    from fault_workers import slow_worker
 
     from neuronxa_ray.execution.kept import kept
 
@@ -272,24 +274,28 @@ def test_idle_actors_are_kept_for_the_next_run_and_die_with_the_block(ray_sessio
     block = kept()
     assert block is not None
 
-    def run(name: str, **fields) -> tuple[list, list[int]]:
+    def run(name: str, factory=None, **fields) -> tuple[list, list[str], list[int]]:
         job = job_from_dict({**raw, "lake": str(tmp_path / name), **fields})
-        assert run_jobs([job], RunOptions(progress=False)).failed == []
-        (handles,) = block.idle.values()  # one shape kept
-        rows = connect(job.lake).execute("SELECT * FROM alignment ORDER BY ALL").fetchall()
-        return rows, sorted(
-            ray.get([h.ready.remote() for h in handles], timeout=60)[i]["pid"] for i in range(len(handles))
-        )
+        failed = [f.lang for f in run_jobs([job], RunOptions(progress=False, worker_factory=factory)).failed]
+        (handles,) = [hs for hs in block.idle.values() if hs]  # one shape kept
+        rows = connect(job.lake).execute("SELECT * FROM alignment WHERE lang = 'fra' ORDER BY ALL").fetchall()
+        return rows, failed, sorted(info["pid"] for info in ray.get([h.ready.remote() for h in handles], timeout=60))
 
-    first, [pid] = run("a")  # on an actor an earlier test of this module left, or a new one
+    first, _, [pid] = run("a")  # on an actor an earlier test of this module left, or a new one
     base = block.reused
-    again, [same] = run("b")
+    again, _, [same] = run("b")
     assert (block.reused - base, same) == (1, pid) and again == first
     os.kill(pid, signal.SIGKILL)  # a kept actor lost while idle
-    after_loss, [new] = run("c")
+    after_loss, _, [new] = run("c")
     assert block.reused - base == 1 and new != pid and after_loss == first
-    two, pids = run("d", num_actors=2)  # another shape: 2 actors of 1 CPU
-    assert block.reused - base == 1 and len(pids) == 2 and new not in pids and two == first
+    two, _, pids = run("d", num_actors=2)  # another shape: 2 actors of 1 CPU
+    assert block.reused - base == 1 and 1 <= len(pids) <= 2 and new not in pids and two == first
+    (tmp_path / "signals").mkdir()
+    failing = slow_worker(str(tmp_path / "signals"), 0.0, ("deu",))  # deu fails inside the actor, which lives on
+    with_factory, failed, [one] = run("e", failing)
+    assert failed == ["deu"] and with_factory == first
+    plain, failed, [same] = run("f")  # the same actor, back to the real worker
+    assert failed == [] and same == one and plain == first and block.reused - base == 2
     handles = [h for hs in block.idle.values() for h in hs]
     block.release()
     for handle in handles:

@@ -125,8 +125,13 @@ class Actor:
             for future in self.prefetched.values():
                 future.result()
         if self.worker is not None:
-            self.worker.collect()
+            self.outbox += self.worker.collect()
             self.worker.close()
+        for outcome in self.outbox:  # none: a run ends with every write confirmed; never dropped unseen
+            if outcome.error:
+                log.warning(
+                    "%s %s: a write failed after its run ended: %s", outcome.checkpoint, outcome.lang, outcome.error
+                )
         self.worker, self.loaded, self.prefetched, self.outbox = None, None, {}, []
         self.loads, self._write_base = 0, 0.0
         self.factory = factory or LanguageWorker

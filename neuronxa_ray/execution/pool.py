@@ -106,7 +106,7 @@ class ActorPool:
         """Kill the actors; keep: hand those placed, alive and idle to the open keep_actors() block instead."""
         block = kept()
         for slot in self.slots:
-            idle = all(kind != "unit" for _, kind, _ in slot.inflight)  # a warm-up or flush: reset runs after it
+            idle = all(kind == "flush" for _, kind, _ in slot.inflight)  # not loading weights no unit needs
             if keep and block is not None and self.key is not None and slot.alive and slot.node and idle:
                 block.put(self.ray, self.key, slot.handle)
                 continue
