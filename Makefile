@@ -17,10 +17,11 @@ install: $(STAMP)
 demo: $(STAMP)  ## the offline demo: NeuronXA + MEXA scores for 12 languages, Gemma 3 270M, bundled UDHR
 	$(VENV)/bin/neuronxa-ray run jobs/udhr_gemma3.yaml
 
-# The suite is CPU-bound (Ray actors importing torch, the Gemma runs, subprocess drivers): two pytest-xdist workers,
-# one per core, each module whole on one worker (its module fixtures built once), slowest modules first
+# The suite is CPU-bound (Ray actors importing torch, the Gemma runs, subprocess drivers), with short waits (process
+# start-ups, the S3 server): three pytest-xdist workers on 2 cores fill those (9 min 46 s against 10 min 30 s for
+# two, BENCHMARKS.md), each module whole on one worker (its module fixtures built once), slowest modules first
 # (tests/conftest.py SLOW_FIRST). One file alone: $(PY) -m pytest -q tests/test_x.py (one process).
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 test: $(STAMP)  ## the whole suite (CI runs exactly this)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
