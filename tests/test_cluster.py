@@ -60,7 +60,7 @@ def make_job(tmp_path_factory):
             "num_actors": 2,
             "device": "cpu",
             "lake": str(lake),
-            "placement_timeout_s": 30,
+            "placement_timeout_s": 300,  # a machine loaded by a second suite took over 30 s to start an actor
             **extra,
         }
         return job_from_dict(raw)

@@ -39,6 +39,7 @@ def test_watch_evaluates_new_checkpoints_as_they_appear(ray_session, tmp_path, c
                 "n_sentences": 6,
                 "device": "cpu",
                 "lake": str(tmp_path / "lake"),
+                "placement_timeout_s": 300,  # a machine loaded by a second suite took over 60 s to start an actor
             }
         )
     )
@@ -60,7 +61,7 @@ def test_watch_evaluates_new_checkpoints_as_they_appear(ray_session, tmp_path, c
             return False
         return rows[0] > 0
 
-    wait_for(lambda: scored("checkpoint-100"), timeout_s=180)
+    wait_for(lambda: scored("checkpoint-100"), timeout_s=420)
     # a checkpoint being written: its config first, the weights a little later; never evaluated half-written
     staging = tmp_path / "staging"
     save_tiny("llama", staging, seed=2)
@@ -69,7 +70,7 @@ def test_watch_evaluates_new_checkpoints_as_they_appear(ray_session, tmp_path, c
     time.sleep(2.5)
     for f in staging.iterdir():
         shutil.copy(f, ckpts / "checkpoint-200")
-    watcher.join(timeout=240)
+    watcher.join(timeout=420)
     assert not watcher.is_alive() and out["code"] == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     assert [line.split()[1] for line in printed] == ["100", "200"]
