@@ -55,3 +55,22 @@ def wait_for(predicate, timeout_s: float = 120.0, poll_s: float = 0.1):
             return value
         time.sleep(poll_s)
     raise TimeoutError("condition not met in time")
+
+
+def cut_write_worker(flag: str, lake: str, lang: str):
+    """A LanguageWorker whose actor process dies on its first try at `lang` in the middle of writing that language's
+    neuron counts, as a lost node cuts a write: the atomic writer's temporary file is left beside the target."""
+
+    class CutWrite(LanguageWorker):
+        def process(self, task, *args, **kwargs):
+            from neuronxa_ray.lake.layout import language_file
+
+            if task.lang == lang and not Path(flag).exists():
+                Path(flag).touch()
+                target = Path(lake) / language_file("neuron_counts", task.model_name, task.checkpoint, lang)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                Path(target.parent, f".{target.name}.{uuid.uuid4().hex}.tmp").write_bytes(b"PAR1 cut short")
+                os._exit(1)
+            return super().process(task, *args, **kwargs)
+
+    return CutWrite

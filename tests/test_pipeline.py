@@ -257,6 +257,26 @@ def test_attempts_time_what_each_unit_did(ray_session, tiny_job, tmp_path):
         assert before[3] <= after[1], (before, after)  # written before the next unit began
 
 
+def test_a_write_cut_by_a_lost_actor_leaves_nothing_behind(ray_session, tiny_job, tmp_path):
+    """An actor lost in the middle of a write (its node gone) leaves the atomic writer's temporary file; the unit is
+    retried on a new actor, and the finished run removes the temporary file before it lets its lease go, so `lake
+    check` finds nothing (the cluster test's node loss found it, once in a quiet `make test`)."""
+    from fault_workers import cut_write_worker
+
+    _, raw = tiny_job
+    lake = tmp_path / "lake"
+    job = job_from_dict({**raw, "lake": str(lake)})
+    factory = cut_write_worker(str(tmp_path / "died"), str(lake), "fra")
+    report = run_jobs([job], RunOptions(progress=False, worker_factory=factory))
+    assert report.ok and (tmp_path / "died").exists()
+    con = connect(lake)
+    statuses = con.execute("SELECT status FROM attempts WHERE lang = 'fra' ORDER BY attempt").fetchall()
+    assert [s for (s,) in statuses] == ["lost", "ok"]
+    assert [p.name for p in lake.rglob("*.tmp")] == []
+    assert Lake(lake).check() == []
+    assert con.execute("SELECT count(DISTINCT lang) FROM alignment").fetchone() == (2,)
+
+
 def test_idle_actors_are_kept_for_the_next_run_and_die_with_the_block(ray_session, tiny_job, tmp_path):
     """Within keep_actors() (this module runs in one), the next run takes the idle actor of the previous one (the
     same process) and computes what a new actor computes; a kept actor that died is replaced by a new one; actors

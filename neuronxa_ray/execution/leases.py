@@ -1,6 +1,7 @@
 """This run's claim on the checkpoints it writes: a lease per (model, checkpoint), taken before any work (a
 concurrent run with other settings is refused), renewed every LEASE_RENEW_S, released at the end; what killed
-runs left in a checkpoint is tidied once its lease is held.
+runs left in a checkpoint is tidied once its lease is held, and what this run's lost actors left (a write cut by a
+lost node) before a finished run lets it go.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ LEASE_RENEW_S = 60.0  # heartbeat of this run's checkpoint leases (they go stale
 class RunLeases:
     def __init__(self, plans: list[CheckpointPlan], lakes: dict[int, Lake], run_id: str, watch: LakeWatch) -> None:
         self.plans, self.lakes, self.run_id, self.watch = plans, lakes, run_id, watch
-        self.held: list = []
+        self.held: list = []  # (plan index, lease)
         self._last_renew = time.monotonic()
 
     def acquire(self) -> None:
@@ -29,7 +30,7 @@ class RunLeases:
         settings is writing one of them."""
         for pi, plan in enumerate(self.plans):
             try:
-                self.held.append(self.lakes[pi].acquire(*plan.key, plan.fingerprint, self.run_id))
+                self.held.append((pi, self.lakes[pi].acquire(*plan.key, plan.fingerprint, self.run_id)))
                 self.lakes[pi].tidy(*plan.key, self.run_id)  # what killed runs left behind in this checkpoint
             except Exception:
                 self.release()
@@ -39,7 +40,7 @@ class RunLeases:
         if time.monotonic() - self._last_renew <= LEASE_RENEW_S:
             return
         self._last_renew = time.monotonic()
-        for lease in self.held:
+        for _, lease in self.held:
             if lease.lake.uri in self.watch.outages:
                 continue
             try:
@@ -47,10 +48,17 @@ class RunLeases:
             except Exception as e:  # a lease stays valid for 15 minutes: the next heartbeat may get through
                 log.warning("could not renew the lease %s: %s", lease.path, str(e).splitlines()[0])
 
-    def release(self) -> None:
-        for lease in self.held:
+    def release(self, tidy: bool = False) -> None:
+        """Let every lease go; tidy: first remove the temporary files this run's lost actors left (only for a run
+        whose every write is settled, so none of them is a write still under way)."""
+        for pi, lease in self.held:
             if lease.lake.uri in self.watch.outages:  # not waiting for a lake that does not answer: it goes stale
                 continue
+            if tidy:
+                try:
+                    self.lakes[pi].tidy(*self.plans[pi].key, self.run_id)
+                except Exception as e:  # housekeeping must not end a run: the next run or `lake check --repair` will
+                    log.warning("could not tidy %s: %s", lease.path, str(e).splitlines()[0])
             with contextlib.suppress(Exception):  # a lease left behind goes stale and is taken over
                 lease.release()
         self.held = []
