@@ -103,3 +103,23 @@ def test_empty_input_is_rejected():
     ex = StateExtractor(make_model("llama"), batch_size=2)
     with pytest.raises(ValueError, match="no sentences"):
         ex.extract([])
+
+
+def test_pivot_states_from_ray_are_used_without_a_copy_or_a_warning():
+    """Pivot states arrive read-only (Ray's object store): the worker uses them in place, without torch's warning
+    about non-writable arrays in every run's log (a fresh process: torch shows that warning once per process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from neuronxa_ray.worker.worker import shared_tensor\n"
+        "a = np.arange(12, dtype=np.float32).reshape(2, 3, 2)\n"
+        "a.flags.writeable = False\n"
+        "t = shared_tensor(a)\n"
+        "assert t.data_ptr() == a.ctypes.data and t.dtype.is_floating_point and t.tolist() == a.tolist()\n"
+        "b = shared_tensor(a.astype(np.float64))\n"
+        "assert str(b.dtype) == 'torch.float32' and b.tolist() == a.tolist()\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]

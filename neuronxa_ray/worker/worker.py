@@ -20,6 +20,7 @@ import contextlib
 import logging
 import threading
 import time
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -131,6 +132,16 @@ def batch_tokens_for(setting: int | str | None, device: torch.device) -> int | N
 DEFAULT_CUDA_BATCH_TOKENS = 16384
 
 
+def shared_tensor(array: np.ndarray) -> torch.Tensor:
+    """A float32 tensor over a pivot's states as they arrive (from Ray's object store, read-only, or from the lake),
+    without a copy on the CPU. Pivot states are only read (cosines, out of place), so torch's warning about a
+    read-only NumPy array (shown once per actor, in every run's log) does not apply and is not shown."""
+    array = np.asarray(array, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
 class LanguageWorker:
     @staticmethod
     def prefetch(spec: ModelSpec, settings: WorkerSettings) -> LoadedModel:
@@ -211,7 +222,7 @@ class LanguageWorker:
             except Exception as e:  # unreadable: compute it instead (the lake check reports the file)
                 log.warning("%s: the pivot's stored states could not be read (%s); computing them", task.lang, e)
         if pivot is not None:
-            states = {m: torch.from_numpy(np.asarray(a, dtype=np.float32)).to(self.lm.device) for m, a in pivot.items()}
+            states = {m: shared_tensor(a).to(self.lm.device) for m, a in pivot.items()}
         elif task.pivot_token_ids is not None:
             log.info("%s @ %s: computing the pivot's states on this actor", task.model_name, task.checkpoint)
             extracted = self.extractor.extract_ids(task.pivot_token_ids)
