@@ -81,7 +81,7 @@ def run_phase(all_plans: list[CheckpointPlan], options: RunOptions, run_id: str,
         finished = True
     finally:
         pool.shutdown(keep=finished)  # idle actors go to the open keep_actors() block, if any
-        scheduler.leases.release(tidy=finished)  # every write settled: temporary files are a lost actor's
+        scheduler.leases.release(tidy=scheduler.cut if finished else ())  # every write settled: a lost actor's cut
     runs = record_runs(scheduler, run_id, started, startup_s, time.perf_counter() - t_start)
     failed = scheduler.failed_units()
     failed += compute_all_pairs(all_plans, failed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Collection
 
 from neuronxa_ray.execution.lakes import LakeWatch
 from neuronxa_ray.lake import Lake
@@ -48,13 +49,13 @@ class RunLeases:
             except Exception as e:  # a lease stays valid for 15 minutes: the next heartbeat may get through
                 log.warning("could not renew the lease %s: %s", lease.path, str(e).splitlines()[0])
 
-    def release(self, tidy: bool = False) -> None:
-        """Let every lease go; tidy: first remove the temporary files this run's lost actors left (only for a run
-        whose every write is settled, so none of them is a write still under way)."""
+    def release(self, tidy: Collection[int] = ()) -> None:
+        """Let every lease go; tidy: the plans whose temporary files this run's lost actors left are cleared first
+        (pass them only once every write of the run is settled, so none is a write still under way)."""
         for pi, lease in self.held:
             if lease.lake.uri in self.watch.outages:  # not waiting for a lake that does not answer: it goes stale
                 continue
-            if tidy:
+            if pi in tidy:
                 try:
                     self.lakes[pi].tidy(*self.plans[pi].key, self.run_id)
                 except Exception as e:  # housekeeping must not end a run: the next run or `lake check --repair` will

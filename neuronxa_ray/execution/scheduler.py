@@ -39,6 +39,7 @@ class Scheduler:
         self.attempts = AttemptLog(run_id, self.watch.answers)
         self.dispatch = Dispatcher(pool, plans, self.lakes, self.q, {}, run_id)
         self.progress = Progress(len(self.units), progress)
+        self.cut: set[int] = set()  # plans whose units a lost actor held: a write of theirs may have been cut short
 
     def run(self) -> None:
         try:
@@ -170,6 +171,7 @@ class Scheduler:
         slot.alive = False
         lost = [*also, *(u for _, kind, u in slot.inflight if kind == "unit"), *slot.unconfirmed]
         slot.inflight, slot.unconfirmed = [], []
+        self.cut.update(unit.plan for unit in lost)
         for unit in lost:
             self._in_lake_or_retry(unit, f"actor lost: {reason}")
         for pi, key_slot in list(self.q.reserved.items()):
