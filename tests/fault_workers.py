@@ -74,3 +74,23 @@ def cut_write_worker(flag: str, lake: str, lang: str):
             return super().process(task, *args, **kwargs)
 
     return CutWrite
+
+
+class _Nap:
+    """Unpickled as a pause: time.sleep(seconds), in whichever process loads it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self):
+        return (time.sleep, (self.seconds,))
+
+
+def slow_start_worker(seconds: float):
+    """A LanguageWorker whose actor takes `seconds` longer to start, as on a busy machine: the actor has its place
+    (a worker process) and is still loading its arguments when the placement limit passes."""
+
+    class SlowStart(LanguageWorker):
+        nap = _Nap(seconds)  # a class attribute: unpickled (slept) when the actor receives its worker factory
+
+    return SlowStart

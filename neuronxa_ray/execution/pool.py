@@ -16,6 +16,23 @@ from neuronxa_ray.execution.state import Slot
 
 log = logging.getLogger(__name__)
 
+# An actor that has its place (a worker process on a node) but has not started yet is importing torch and
+# transformers: seconds on a quiet machine, more than a minute on a busy one. placement_timeout_s bounds the wait for
+# a place; once every actor still waited for has one, they get up to this much longer to start.
+STARTUP_TIMEOUT_S = 600.0
+
+
+def starting(ray, handle) -> bool:
+    """Whether the actor has a worker process on a node and is still starting (read from Ray's actor table; False
+    when that cannot be read, so the placement limit applies as it is)."""
+    try:
+        from ray._private.state import actors
+
+        info = actors(handle._actor_id.hex())
+        return info.get("State") == "PENDING_CREATION" and bool(info.get("Pid"))
+    except Exception:
+        return False
+
 
 class ActorPool:
     """Creates the actors, waits (up to a time limit) for them to be placed, and replaces dead ones."""
@@ -29,6 +46,7 @@ class ActorPool:
         self.size = size
         self.slots: list[Slot] = []
         self.placing: dict[Any, tuple[Slot, float]] = {}  # ready ref -> (slot, deadline)
+        self._extended: set = set()  # replacements given the start-up limit on top of their placement limit
         self._cls = ray.remote(**options)(Actor)
         self.key = shape_key(ray, options, threads)
 
@@ -51,6 +69,21 @@ class ActorPool:
         """Wait up to the time limit for every actor; an error naming what was asked and what the cluster has."""
         refs = self._starting
         ready, waiting = self.ray.wait(list(refs), num_returns=len(refs), timeout=self.timeout_s)
+        if waiting and all(starting(self.ray, refs[ref].handle) for ref in waiting):
+            log.info(
+                "%d actor(s) placed but still starting after %.0fs (a busy machine); waiting up to %.0fs more",
+                len(waiting),
+                self.timeout_s,
+                STARTUP_TIMEOUT_S,
+            )
+            more, waiting = self.ray.wait(waiting, num_returns=len(waiting), timeout=STARTUP_TIMEOUT_S)
+            ready += more
+            if waiting:
+                self.shutdown()
+                raise NeuronxaError(
+                    f"{len(waiting)} actor(s) placed but not started within {self.timeout_s + STARTUP_TIMEOUT_S:g}s "
+                    "(importing torch and transformers, or their node stalled); the Ray logs of the actors say why"
+                )
         if waiting:
             self.shutdown()
             raise NeuronxaError(self.describe_shortfall(len(ready)))
@@ -75,6 +108,10 @@ class ActorPool:
     def expire(self) -> None:
         now = time.monotonic()
         for ref, (slot, deadline) in list(self.placing.items()):
+            if now > deadline and ref not in self._extended and starting(self.ray, slot.handle):
+                self._extended.add(ref)  # placed, still starting: once, the start-up limit on top
+                self.placing[ref] = (slot, deadline + STARTUP_TIMEOUT_S)
+                continue
             if now > deadline:
                 del self.placing[ref]
                 slot.alive = False
