@@ -335,8 +335,8 @@ def test_an_actor_slow_to_start_is_waited_for_not_called_unplaceable(ray_session
 
     kept().release()  # a kept actor has started already
     _, raw = tiny_job
-    job = job_from_dict({**raw, "lake": str(tmp_path / "lake"), "placement_timeout_s": 15})
+    job = job_from_dict({**raw, "lake": str(tmp_path / "lake"), "placement_timeout_s": 30})
     with caplog.at_level(logging.INFO, logger="neuronxa_ray.execution.pool"):
-        report = run_jobs([job], RunOptions(progress=False, worker_factory=slow_start_worker(30.0)))
+        report = run_jobs([job], RunOptions(progress=False, worker_factory=slow_start_worker(45.0)))
     assert report.ok and report.n_units == 3
-    assert "1 actor(s) placed but still starting after 15s" in caplog.text
+    assert "1 actor(s) placed but still starting after 30s" in caplog.text

@@ -73,7 +73,7 @@ def run_phase(all_plans: list[CheckpointPlan], options: RunOptions, run_id: str,
         pool.launch()
         scheduler.dispatch.prewarm()
         scheduler.dispatch.tokens = tokenize_all(plans, first_tokenizer)
-        pool.wait_placed()
+        pool.wait_placed(scheduler.leases.renew_due)  # leases kept alive over a long start-up
         startup_s = time.perf_counter() - t_start
         log.info("%d actor(s) placed in %.1fs; %d unit(s) to run", pool.size, startup_s, len(scheduler.units))
         scheduler.run()

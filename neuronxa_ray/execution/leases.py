@@ -12,6 +12,7 @@ import time
 from collections.abc import Collection
 
 from neuronxa_ray.execution.lakes import LakeWatch
+from neuronxa_ray.execution.state import first_line
 from neuronxa_ray.lake import Lake
 from neuronxa_ray.planning.plan import CheckpointPlan
 
@@ -47,7 +48,7 @@ class RunLeases:
             try:
                 lease.renew()
             except Exception as e:  # a lease stays valid for 15 minutes: the next heartbeat may get through
-                log.warning("could not renew the lease %s: %s", lease.path, str(e).splitlines()[0])
+                log.warning("could not renew the lease %s: %s", lease.path, first_line(e))
 
     def release(self, tidy: Collection[int] = ()) -> None:
         """Let every lease go; tidy: the plans whose temporary files this run's lost actors left are cleared first
@@ -59,7 +60,7 @@ class RunLeases:
                 try:
                     self.lakes[pi].tidy(*self.plans[pi].key, self.run_id)
                 except Exception as e:  # housekeeping must not end a run: the next run or `lake check --repair` will
-                    log.warning("could not tidy %s: %s", lease.path, str(e).splitlines()[0])
+                    log.warning("could not tidy %s: %s", lease.path, first_line(e))
             with contextlib.suppress(Exception):  # a lease left behind goes stale and is taken over
                 lease.release()
         self.held = []

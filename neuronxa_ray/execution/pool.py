@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from neuronxa_ray.errors import NeuronxaError
@@ -20,16 +21,18 @@ log = logging.getLogger(__name__)
 # transformers: seconds on a quiet machine, more than a minute on a busy one. placement_timeout_s bounds the wait for
 # a place; once every actor still waited for has one, they get up to this much longer to start.
 STARTUP_TIMEOUT_S = 600.0
+RENEW_S = 30.0  # while waiting for actors, the run's lease heartbeat is called this often
 
 
 def starting(ray, handle) -> bool:
-    """Whether the actor has a worker process on a node and is still starting (read from Ray's actor table; False
-    when that cannot be read, so the placement limit applies as it is)."""
+    """Whether the actor has a worker process on a node, still starting or just started (read from Ray's actor
+    table; False when that cannot be read, so the placement limit applies as it is). A worker process still booting
+    has no pid yet: that wait counts against the placement limit."""
     try:
         from ray._private.state import actors
 
         info = actors(handle._actor_id.hex())
-        return info.get("State") == "PENDING_CREATION" and bool(info.get("Pid"))
+        return info.get("State") == "ALIVE" or (info.get("State") == "PENDING_CREATION" and bool(info.get("Pid")))
     except Exception:
         return False
 
@@ -65,10 +68,23 @@ class ActorPool:
             slot, ref = self._new()
             self._starting[ref] = slot
 
-    def wait_placed(self) -> None:
-        """Wait up to the time limit for every actor; an error naming what was asked and what the cluster has."""
+    def _wait(self, refs: list, timeout_s: float, renew: Callable[[], None]) -> tuple[list, list]:
+        """ray.wait for all of refs up to timeout_s, calling renew (the run's lease heartbeat) every RENEW_S."""
+        ready, deadline = [], time.monotonic() + timeout_s
+        while refs:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more, refs = self.ray.wait(refs, num_returns=len(refs), timeout=min(left, RENEW_S))
+            ready += more
+            renew()
+        return ready, refs
+
+    def wait_placed(self, renew: Callable[[], None] = lambda: None) -> None:
+        """Wait up to the time limit for every actor; an error naming what was asked and what the cluster has.
+        renew: called while waiting (the run's leases must not go stale over a long start-up)."""
         refs = self._starting
-        ready, waiting = self.ray.wait(list(refs), num_returns=len(refs), timeout=self.timeout_s)
+        ready, waiting = self._wait(list(refs), self.timeout_s, renew)
         if waiting and all(starting(self.ray, refs[ref].handle) for ref in waiting):
             log.info(
                 "%d actor(s) placed but still starting after %.0fs (a busy machine); waiting up to %.0fs more",
@@ -76,7 +92,7 @@ class ActorPool:
                 self.timeout_s,
                 STARTUP_TIMEOUT_S,
             )
-            more, waiting = self.ray.wait(waiting, num_returns=len(waiting), timeout=STARTUP_TIMEOUT_S)
+            more, waiting = self._wait(waiting, STARTUP_TIMEOUT_S, renew)
             ready += more
             if waiting:
                 self.shutdown()
@@ -108,19 +124,21 @@ class ActorPool:
     def expire(self) -> None:
         now = time.monotonic()
         for ref, (slot, deadline) in list(self.placing.items()):
-            if now > deadline and ref not in self._extended and starting(self.ray, slot.handle):
+            if now <= deadline:
+                continue
+            if ref not in self._extended and starting(self.ray, slot.handle):
                 self._extended.add(ref)  # placed, still starting: once, the start-up limit on top
                 self.placing[ref] = (slot, deadline + STARTUP_TIMEOUT_S)
                 continue
-            if now > deadline:
-                del self.placing[ref]
-                slot.alive = False
-                self.ray.kill(slot.handle)
-                log.warning(
-                    "no room for a replacement actor within %.0fs; going on with %d actor(s)",
-                    self.timeout_s,
-                    len(self.alive()),
-                )
+            del self.placing[ref]
+            slot.alive = False
+            self.ray.kill(slot.handle)
+            why = (
+                f"placed but not started within {self.timeout_s + STARTUP_TIMEOUT_S:.0f}s"
+                if ref in self._extended
+                else f"no room for it within {self.timeout_s:.0f}s"
+            )
+            log.warning("a replacement actor %s; going on with %d actor(s)", why, len(self.alive()))
 
     def alive(self) -> list[Slot]:
         return [s for s in self.slots if s.alive and s.node]

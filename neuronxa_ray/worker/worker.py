@@ -135,11 +135,17 @@ DEFAULT_CUDA_BATCH_TOKENS = 16384
 def shared_tensor(array: np.ndarray) -> torch.Tensor:
     """A float32 tensor over a pivot's states as they arrive (from Ray's object store, read-only, or from the lake),
     without a copy on the CPU. Pivot states are only read (cosines, out of place), so torch's warning about a
-    read-only NumPy array (shown once per actor, in every run's log) does not apply and is not shown."""
-    array = np.asarray(array, dtype=np.float32)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array)
+    read-only NumPy array (shown once per actor, in every run's log) does not apply: the process that receives them
+    (an actor) ignores that one warning from then on (a process-wide filter, set once: not `catch_warnings`, which
+    the actor's prefetch and writer threads would race)."""
+    global _READ_ONLY_QUIET
+    if not _READ_ONLY_QUIET:
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        _READ_ONLY_QUIET = True
+    return torch.from_numpy(np.asarray(array, dtype=np.float32))
+
+
+_READ_ONLY_QUIET = False
 
 
 class LanguageWorker:
