@@ -340,3 +340,29 @@ def test_an_actor_slow_to_start_is_waited_for_not_called_unplaceable(ray_session
         report = run_jobs([job], RunOptions(progress=False, worker_factory=slow_start_worker(45.0)))
     assert report.ok and report.n_units == 3
     assert "1 actor(s) placed but still starting after 30s" in caplog.text
+
+
+def test_the_run_s_leases_stay_alive_while_its_actors_start(monkeypatch):
+    """A long start-up (the placement limit, then STARTUP_TIMEOUT_S for actors placed but still starting) must not let
+    the run's leases go stale, which would let another run take its checkpoints: the pool calls the heartbeat while
+    it waits, and an actor placed that never starts is named as such."""
+    import time
+
+    from neuronxa_ray.execution import pool as pool_module
+    from neuronxa_ray.execution.state import Slot
+
+    class NeverStarts:  # ray.wait on actors that never answer
+        def wait(self, refs, num_returns, timeout):
+            time.sleep(timeout)
+            return [], refs
+
+    monkeypatch.setattr(pool_module, "RENEW_S", 0.05)
+    monkeypatch.setattr(pool_module, "STARTUP_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(pool_module, "starting", lambda ray, handle: True)  # placed: a worker process, starting
+    pool = pool_module.ActorPool.__new__(pool_module.ActorPool)
+    pool.ray, pool.timeout_s, pool.slots = NeverStarts(), 0.3, []
+    pool._starting = {"ref": Slot(id=0, handle=None)}
+    beats = []
+    with pytest.raises(NeuronxaError, match=r"1 actor\(s\) placed but not started within 0.6s"):
+        pool.wait_placed(lambda: beats.append(time.monotonic()))
+    assert len(beats) >= 10 and max(b - a for a, b in itertools.pairwise(beats)) < 0.2
