@@ -18,6 +18,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from neuronxa_ray.execution.state import first_line
+
 log = logging.getLogger(__name__)
 
 ALIVE_TIMEOUT_S = 30.0  # kept actors that do not answer within this (together) are given up: their node may be gone
@@ -50,7 +52,7 @@ class KeptActors:
                     ray.get(ref)
                     alive.append(refs[ref])
                 except Exception as e:  # lost with its node, or killed: a new one is started instead
-                    log.debug("a kept actor is gone (%s)", str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    log.debug("a kept actor is gone (%s)", first_line(e))
                     _kill(ray, [refs[ref]])
             _kill(ray, [refs[ref] for ref in late])
         except BaseException:  # Ctrl-C while checking: none may outlive the block

@@ -13,7 +13,7 @@ from typing import Any
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.execution.actor import Actor
 from neuronxa_ray.execution.kept import kept, shape_key
-from neuronxa_ray.execution.state import Slot
+from neuronxa_ray.execution.state import Slot, first_line
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class ActorPool:
             slot.node = self.ray.get(ref)["node"]
             return slot
         except Exception as e:
-            log.warning("a replacement actor could not start: %s", str(e).splitlines()[0])
+            log.warning("a replacement actor could not start: %s", first_line(e))
             slot.alive = False
             return None
 
