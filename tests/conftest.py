@@ -25,20 +25,29 @@ def _ray_shutdown_at_end():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def _kept_actors(_ray_shutdown_at_end):
+    """One keep_actors() block for the whole session of this pytest process (each pytest-xdist worker has its own):
+    a run takes the idle actor of the previous run of its shape, whichever module ran it. A new actor is a process
+    that imports torch and transformers (about 7 CPU s on this suite's machine), and this suite runs about a hundred
+    runs. Its end kills what is kept, before Ray shuts down."""
+    from neuronxa_ray.execution.kept import keep_actors
+
+    with keep_actors() as block:
+        yield block
+
+
 @pytest.fixture(scope="module")
-def ray_session(_ray_shutdown_at_end):
+def ray_session(_ray_shutdown_at_end, _kept_actors):
     """One local Ray (2 CPUs, a small object store) shared by the modules that ask for it, shut down at the end of
     the session. Started again when a module before this one ended it (test_cluster.py replaces it by a cluster of
     its own), so that no module depends on the order in which modules run (pytest-xdist gives each worker its own
     share of the modules, in its own order).
 
-    The module's runs keep their idle actors for the next run (`keep_actors`, as a notebook would): a new actor is
-    a process that imports torch and transformers, seconds of CPU each, and this suite runs about a hundred runs.
-    The first run of each module starts its actors afresh; test_cluster.py and test_fault_injection.py, which kill
-    actors and drivers, run without kept actors."""
+    Runs keep their idle actors for the next run (`keep_actors`, as a notebook would), across modules: see
+    _kept_actors. Actors kept on an earlier Ray (before test_cluster.py replaced it) are dropped unused.
+    test_cluster.py, which kills actors and nodes, runs without kept actors (without_kept_actors)."""
     import ray
-
-    from neuronxa_ray.execution.kept import keep_actors
 
     if not ray.is_initialized():
         ray.init(
@@ -48,8 +57,21 @@ def ray_session(_ray_shutdown_at_end):
             include_dashboard=False,
             configure_logging=False,
         )
-    with keep_actors():
-        yield ray
+    yield ray
+
+
+@pytest.fixture(scope="module")
+def without_kept_actors():
+    """No kept actors for this module: what is kept is killed, and runs start and end their own actors (the
+    session's block is back for the modules after it)."""
+    from neuronxa_ray.execution import kept as kept_module
+
+    block = kept_module.kept()
+    if block is not None:
+        block.release()
+    kept_module._local.kept = None
+    yield
+    kept_module._local.kept = block
 
 
 @pytest.fixture

@@ -20,8 +20,9 @@ NODE = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A head without CPUs (the driver's node) and three 1-CPU worker nodes: two actors plus room for one more."""
+def cluster(without_kept_actors):
+    """A head without CPUs (the driver's node) and three 1-CPU worker nodes: two actors plus room for one more.
+    Each run starts its own actors: the tests kill them and their nodes."""
     import ray
     from ray.cluster_utils import Cluster
 
