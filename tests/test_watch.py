@@ -5,6 +5,7 @@ import shutil
 import threading
 import time
 
+import pytest
 import yaml
 from fault_workers import wait_for
 from tiny_models import TEXTS, save_tiny
@@ -13,6 +14,10 @@ from neuronxa_ray.cli import main
 from neuronxa_ray.config.job import step_from_name
 from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.query import connect
+
+# watch runs in a thread of its own in these tests, with its own kept actors: the actors this process's main thread
+# keeps would hold the CPUs its runs need
+pytestmark = pytest.mark.usefixtures("without_kept_actors")
 
 
 def test_step_is_parsed_from_the_name():
