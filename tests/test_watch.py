@@ -66,7 +66,7 @@ def test_watch_evaluates_new_checkpoints_as_they_appear(ray_session, tmp_path, c
             return False
         return rows[0] > 0
 
-    wait_for(lambda: scored("checkpoint-100"), timeout_s=420)
+    wait_for(lambda: scored("checkpoint-100"), timeout_s=420, poll_s=1.0)  # each look opens the lake: CPU watch needs
     # a checkpoint being written: its config first, the weights a little later; never evaluated half-written
     staging = tmp_path / "staging"
     save_tiny("llama", staging, seed=2)
