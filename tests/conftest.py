@@ -212,7 +212,7 @@ def s3_env(s3_server, monkeypatch):
 # of one of them starting a long module at the end. Only an order: a module missing here runs after these.
 SLOW_FIRST = (
     "test_real_model",  # the Gemma 3 270M demo run, then MEXA's own procedure sentence by sentence
-    "test_fault_injection",  # ten driver kills and reruns
+    "test_fault_injection",  # eight driver kills and reruns
     "test_real_interventions",  # Gemma 3 270M: a baseline and four interventions with its 262k-entry LM head
     "test_report",  # a Gemma run, then Chromium
     "test_reliability",

