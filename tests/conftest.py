@@ -61,9 +61,10 @@ def ray_session(_ray_shutdown_at_end, _kept_actors):
 
 
 @pytest.fixture(scope="module")
-def without_kept_actors():
+def without_kept_actors(_kept_actors):
     """No kept actors for this module: what is kept is killed, and runs start and end their own actors (the
-    session's block is back for the modules after it)."""
+    session's block is back for the modules after it). The session's block is opened first, so that a later
+    ray_session in this module cannot open it again."""
     from neuronxa_ray.execution import kept as kept_module
 
     block = kept_module.kept()
