@@ -46,7 +46,8 @@ def ray_session(_ray_shutdown_at_end, _kept_actors):
 
     Runs keep their idle actors for the next run (`keep_actors`, as a notebook would), across modules: see
     _kept_actors. Actors kept on an earlier Ray (before test_cluster.py replaced it) are dropped unused.
-    test_cluster.py, which kills actors and nodes, runs without kept actors (without_kept_actors)."""
+    test_cluster.py, which kills actors and nodes, and test_watch.py, whose watch runs in a thread of its own, run
+    without kept actors (without_kept_actors)."""
     import ray
 
     if not ray.is_initialized():
@@ -77,8 +78,8 @@ def without_kept_actors(_kept_actors):
 
 @pytest.fixture
 def ray_address(ray_session) -> str:
-    """The shared Ray's address, for a driver in another process: the actors kept by this module's earlier runs are
-    killed first, since they hold the CPUs that driver's actors need."""
+    """The shared Ray's address, for a driver in another process: the actors kept by this process's earlier runs
+    are killed first, since they hold the CPUs that driver's actors need."""
     from neuronxa_ray.execution.kept import kept
 
     block = kept()

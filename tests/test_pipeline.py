@@ -279,8 +279,8 @@ def test_a_write_cut_by_a_lost_actor_leaves_nothing_behind(ray_session, tiny_job
 
 
 def test_idle_actors_are_kept_for_the_next_run_and_die_with_the_block(ray_session, tiny_job, tmp_path):
-    """Within keep_actors() (this module runs in one), the next run takes the idle actor of the previous one (the
-    same process) and computes what a new actor computes; a kept actor that died is replaced by a new one; actors
+    """Within keep_actors() (this pytest process runs in one), the next run takes the idle actor of the previous one
+    (the same process) and computes what a new actor computes; a kept actor that died is replaced by a new one; actors
     of another shape are not reused (and no longer kept); a run's worker factory does not outlive it; the block's
     end kills what it keeps."""
     import os
@@ -302,7 +302,7 @@ def test_idle_actors_are_kept_for_the_next_run_and_die_with_the_block(ray_sessio
         rows = connect(job.lake).execute("SELECT * FROM alignment WHERE lang = 'fra' ORDER BY ALL").fetchall()
         return rows, failed, sorted(info["pid"] for info in ray.get([h.ready.remote() for h in handles], timeout=60))
 
-    first, _, [pid] = run("a")  # on an actor an earlier test of this module left, or a new one
+    first, _, [pid] = run("a")  # on an actor an earlier test of this process left, or a new one
     base = block.reused
     again, _, [same] = run("b")
     assert (block.reused - base, same) == (1, pid) and again == first
@@ -319,12 +319,48 @@ def test_idle_actors_are_kept_for_the_next_run_and_die_with_the_block(ray_sessio
     assert failed == [] and same == one and plain == first and block.reused - base == 2
     handles = [h for hs in block.idle.values() for h in hs]
     block.release()
-    for handle in handles:  # ray.kill is asynchronous: a call sent just after it may still be answered (CI saw one)
-        with pytest.raises(ray.exceptions.RayActorError):
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                ray.get(handle.ready.remote(), timeout=60)
-                time.sleep(0.2)
+
+    def died(handle) -> bool:  # ray.kill is asynchronous: a call sent just after it may still be answered (CI saw one)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                ray.get(handle.ready.remote(), timeout=10)
+            except ray.exceptions.ActorDiedError:
+                return True
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                pass
+            time.sleep(0.2)
+        return False
+
+    assert handles and all(died(handle) for handle in handles)
+
+
+def test_a_kept_actor_frees_memory_after_a_load_that_failed_and_only_when_something_was_loaded(monkeypatch):
+    """reset() collects garbage (and empties the CUDA cache) when the actor loaded something since the last reset,
+    a load that raised part-way included (it may have allocated before it failed), and not otherwise (0.15 s of CPU
+    each time with torch and transformers loaded)."""
+    import gc
+
+    from neuronxa_ray.execution.actor import Actor
+
+    class Failing:
+        def __init__(self, *args, **kwargs):
+            self.buffer = bytearray(1 << 20)  # allocated, then the load fails
+            raise OSError("weights cut short")
+
+    collected = []
+    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(1) or 0)
+    monkeypatch.setattr(Actor, "ready", lambda self: {})
+    actor = Actor(1, Failing)
+    actor.reset(Failing)
+    assert collected == []  # nothing loaded yet
+    with pytest.raises(OSError, match="cut short"):
+        actor.warm(0, None, None)
+    assert actor.worker is None
+    actor.reset(Failing)
+    assert collected == [1]
+    actor.reset(Failing)
+    assert collected == [1]  # nothing new since
 
 
 def test_an_actor_slow_to_start_is_waited_for_not_called_unplaceable(ray_session, tiny_job, tmp_path, caplog):

@@ -38,6 +38,7 @@ class Actor:
         self.loads = 0
         self.outbox: list[WriteOutcome] = []  # finished writes not yet reported (survives a call that raises)
         self._write_base = 0.0  # the worker's write seconds already reported
+        self._to_free = False  # something was loaded (or began loading) since the last reset
 
     def _take(self) -> list[WriteOutcome]:
         out, self.outbox = self.outbox, []
@@ -70,6 +71,7 @@ class Actor:
                 prefetched = future.result()
             except Exception:  # loading again below raises the error where the unit sees it
                 prefetched = None
+        self._to_free = True  # a load that raises part-way may leave memory behind too
         self.worker = self.factory(spec, settings, with_tokenizer=False, prefetched=prefetched)
         self.loaded = pi
         self.loads += 1
@@ -106,6 +108,7 @@ class Actor:
             or self._serves(spec, settings)
         ):
             return
+        self._to_free = True
         self.prefetched[pi] = self._loader.submit(self.factory.prefetch, spec, settings)
 
     def flush(self) -> list[WriteOutcome]:
@@ -119,7 +122,7 @@ class Actor:
 
         import torch
 
-        dropped = self.worker is not None or bool(self.prefetched)
+        dropped = self._to_free or self.worker is not None or bool(self.prefetched)
         for future in self.prefetched.values():
             future.cancel()
         with contextlib.suppress(Exception):  # a failed prefetch: nothing to drop
@@ -140,4 +143,5 @@ class Actor:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            self._to_free = False
         return self.ready()
