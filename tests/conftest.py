@@ -68,12 +68,10 @@ def without_kept_actors(_kept_actors):
     ray_session in this module cannot open it again."""
     from neuronxa_ray.execution import kept as kept_module
 
-    block = kept_module.kept()
-    if block is not None:
-        block.release()
+    _kept_actors.release()
     kept_module._local.kept = None
     yield
-    kept_module._local.kept = block
+    kept_module._local.kept = _kept_actors
 
 
 @pytest.fixture

@@ -122,7 +122,6 @@ class Actor:
 
         import torch
 
-        dropped = self._to_free or self.worker is not None or bool(self.prefetched)
         for future in self.prefetched.values():
             future.cancel()
         with contextlib.suppress(Exception):  # a failed prefetch: nothing to drop
@@ -139,7 +138,7 @@ class Actor:
         self.worker, self.loaded, self.prefetched, self.outbox = None, None, {}, []
         self.loads, self._write_base = 0, 0.0
         self.factory = factory or LanguageWorker
-        if dropped:  # a full collection (0.15 s with torch and transformers loaded) only where it frees something
+        if self._to_free:  # a full collection (0.15 s with torch and transformers loaded) only where it frees something
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
