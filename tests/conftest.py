@@ -17,6 +17,32 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def _process_state() -> dict:
+    """What a test could change for the tests after it in the same pytest process, and that the product changes on
+    purpose only inside a Ray worker (execution.actor.Actor): torch's thread count, transformers' progress bars and
+    verbosity. Only what is already imported is read."""
+    state = {}
+    if "torch" in sys.modules:
+        state["torch threads"] = sys.modules["torch"].get_num_threads()
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:
+        state["transformers progress bars"] = hf_logging.is_progress_bar_enabled()
+        state["transformers verbosity"] = hf_logging.get_verbosity()
+    return state
+
+
+@pytest.fixture(autouse=True)
+def process_state_unchanged():
+    """Each test leaves the process as it found it. pytest-xdist gives each worker its own share of the modules, so a
+    change left behind fails some later test on one machine and not on another (CI failed this way: an Actor built in
+    test_pipeline's process turned transformers' progress bars off for test_user_mistakes)."""
+    before = _process_state()
+    yield
+    after = _process_state()
+    changed = {key: (before[key], after[key]) for key in before if before[key] != after.get(key)}
+    assert not changed, f"this test changed the pytest process for the tests after it (before, after): {changed}"
+
+
 @pytest.fixture(scope="session")
 def _ray_shutdown_at_end():
     yield

@@ -14,6 +14,7 @@ import pytest
 import torch
 import transformers
 from reference import cosine_matrix, mutual_nn_score, reference_states
+from run_helpers import in_process_actor
 from test_interventions import lape_zeroing, plain_nll
 from tiny_models import TEXTS, save_tiny, save_tiny_causal
 
@@ -333,7 +334,7 @@ def test_an_actor_serves_every_intervention_of_a_checkpoint_with_one_load():
         def close(self):
             pass
 
-    actor = _in_process_actor(Actor, Fake)
+    actor = in_process_actor(Actor, 1, Fake)
     actor.warm(0, "ckpt-1", "base")
     actor._prefetch(1, "ckpt-1", "off lape:fra")
     assert not actor.prefetched
@@ -341,18 +342,3 @@ def test_an_actor_serves_every_intervention_of_a_checkpoint_with_one_load():
     assert actor.loads == 1 and actor.loaded == 1 and actor.worker.retargeted == ["off lape:fra"]
     actor.warm(2, "ckpt-2", "base")
     assert actor.loads == 2 and made == ["ckpt-1", "ckpt-2"]
-
-
-def _in_process_actor(actor_class, factory):
-    """An Actor built in the test's own process, which its constructor would change for good (torch threads,
-    transformers' progress bars and verbosity: what a Ray worker wants); they are put back at once."""
-    from transformers.utils import logging as hf_logging
-
-    threads, verbosity, bars = torch.get_num_threads(), hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    try:
-        return actor_class(threads, factory)
-    finally:
-        torch.set_num_threads(threads)
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()

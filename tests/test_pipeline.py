@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reference import cosine_matrix, mutual_nn_score, reference_states, retrieval_accuracy
-from run_helpers import run_job
+from run_helpers import in_process_actor, run_job
 from tiny_models import TEXTS, save_tiny
 
 from neuronxa_ray.config import job_from_dict
@@ -351,7 +351,7 @@ def test_a_kept_actor_frees_memory_after_a_load_that_failed_and_only_when_someth
     collected = []
     monkeypatch.setattr(gc, "collect", lambda *a: collected.append(1) or 0)
     monkeypatch.setattr(Actor, "ready", lambda self: {})
-    actor = Actor(1, Failing)
+    actor = in_process_actor(Actor, 1, Failing)
     actor.reset(Failing)
     assert collected == []  # nothing loaded yet
     with pytest.raises(OSError, match="cut short"):

@@ -411,6 +411,7 @@ def test_progress_bars_of_model_loading_stay_off_a_pipe(tmp_path, capfd):
 
     model = tmp_path / "tiny"
     save_tiny("llama", model)
+    assert hf_logging.is_progress_bar_enabled()  # transformers' default, which no earlier test may have changed
     capfd.readouterr()
     load_model(ModelSpec(model=str(model), device="cpu"))
     original = gguf_utils.tqdm
