@@ -367,6 +367,24 @@ def test_a_catalogue_write_cut_short_is_tidied_once_it_is_old(tmp_path):
     assert lake.tidy("m", "c", "run-x") == ["_catalog/log/.0001-x.json.abc.tmp"] and lake.check() == []
 
 
+def test_tidy_removes_a_marker_write_cut_short(tmp_path):
+    """An actor killed while it wrote a language's marker leaves a temporary file under _done (seen when a load
+    round killed an actor mid-write): the tidy of the checkpoint's next run, or of the run that lost the actor,
+    removes it like the data tables' temporaries; another checkpoint's is left for its own run."""
+    lake = _lake(tmp_path)
+    marker = tmp_path / lake.done_marker("m", "c", "eng", "fra")
+    cut = marker.with_name(f".{marker.name}.867aa501.tmp")
+    cut.write_bytes(b'{"model": "m", "chec')
+    other = tmp_path / lake.done_marker("m", "other", "eng", "fra")
+    other.parent.mkdir(parents=True)
+    other_cut = other.with_name(f".{other.name}.1234.tmp")
+    other_cut.write_bytes(b"{")
+    assert sorted(p.kind for p in lake.check()) == ["temporary", "temporary"]
+    assert lake.tidy("m", "c", "run-x") == [cut.relative_to(tmp_path).as_posix()]
+    assert [p.path for p in lake.check()] == [other_cut.relative_to(tmp_path).as_posix()]
+    assert lake.completion("m", "c", "eng", "fra") is not None  # the marker itself, and its files, untouched
+
+
 # -- opening from the snapshot ---------------------------------------------------------------------------------
 def _run_row(lake, ckpt):
     import datetime as dt

@@ -164,7 +164,7 @@ def tidy(lake: LakeRoot, model: str, checkpoint: str, run_id: str) -> list[str]:
         return []
     deleted = [
         e.path
-        for table in TABLES_WITH_MARKERS
+        for table in (*TABLES_WITH_MARKERS, "_done")  # a marker's write cut short is left as a temporary too
         for e in storage.list(partition(table, model, checkpoint))
         if is_temporary(e.path)
     ]
