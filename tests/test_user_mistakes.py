@@ -229,9 +229,11 @@ def test_correlation_is_the_same_for_every_query_over_a_lake_with_duplicates(sco
         ("missing.csv", None, "'{dir}/missing.csv' does not exist"),
         ("bad.json", '{"results": ', "not a readable JSON file"),
         ("novalue.csv", "benchmark,lang\nxnli,fr\n", "missing column(s) ['value']"),
-        ("text.csv", "benchmark,lang,value\nxnli,fr,abc\n", "line 2: value 'abc' is not a number"),
-        ("empty-value.csv", "benchmark,lang,value\nxnli,fr,\n", "line 2: value None is not a number"),
-        ("inf.csv", "benchmark,lang,value\nxnli,fr,inf\n", "value 'inf' is not a number"),
+        ("text.csv", "benchmark,lang,value\nxnli,fr,abc\n", "line 2: value 'abc' is not a finite number"),
+        ("empty-value.csv", "benchmark,lang,value\nxnli,fr,\n", "line 2: value empty is not a finite number"),
+        ("inf.csv", "benchmark,lang,value\nxnli,fr,inf\n", "value 'inf' is not a finite number"),
+        ("nan.csv", "benchmark,lang,value\nxnli,fr,NaN\n", "line 2: value 'NaN' is not a finite number"),
+        ("two.csv", "benchmark,lang,value,model,Model\nx,fr,1,a,b\n", "columns ['model', 'Model'] are the same column"),
         ("empty-lang.csv", "benchmark,lang,value\nxnli,,0.5\n", "line 2: empty 'lang'"),
         ("header.csv", "benchmark,lang,value\n", "no rows"),
         ("empty.csv", "", "not a readable CSV table"),
@@ -313,6 +315,13 @@ def test_report_and_sql_outputs_are_checked_first(scored_lake, tmp_path, capsys)
         (["import-benchmarks", "b.csv", "--model", ""], "--model: must not be empty"),
         (["import-benchmarks", "b.csv", "--checkpoint", " "], "--checkpoint: must not be empty"),
         (["import-benchmarks", "b.csv", "--name", ""], "--name: must not be empty"),
+        # an unset $LAKE is not ./lake: `lake check --repair` would act on another lake
+        (["scores", "--lake", ""], "--lake: must not be empty"),
+        (["lake", "check", "--repair", "--lake", ""], "--lake: must not be empty"),
+        # an override's mistake names the option, not the job file whose value it replaces
+        (["run", "job.yaml", "--n-sentences", "-3"], "--n-sentences: -3 is below 2"),
+        (["run", "job.yaml", "--batch-size", "0"], "--batch-size: 0 is below 1"),
+        (["run", "job.yaml", "--num-actors", "two"], "--num-actors: 'two' is not a whole number"),
     ],
 )
 def test_bad_flag_values_are_usage_errors(capsys, argv, expected):
@@ -333,6 +342,63 @@ def test_job_mistakes_found_in_testing(tmp_path, capsys, fields, expected):
     job.write_text(yaml.safe_dump({"model": "m", "data": "d", **fields}))
     code, line = _error(capsys, ["run", str(job)])
     assert code == 2 and expected in line
+
+
+def test_sql_refuses_statements_that_write_files_and_the_lake_is_unchanged(scored_lake, tmp_path, capsys):
+    """A COPY onto a language's Parquet file replaced its rows (the second sweep): `sql` reads; its results are
+    written with -o. Tables a query creates live in memory."""
+    target = next((scored_lake / "matches").rglob("part-0.parquet"))
+    before = target.read_bytes()
+    lake = str(scored_lake)
+    for query in (
+        f"COPY (SELECT 1 AS x) TO '{target}' (FORMAT parquet)",
+        f"SELECT 1; COPY (SELECT 1 AS x) TO '{tmp_path / 'x.csv'}'",
+        f"EXPORT DATABASE '{tmp_path / 'db'}'",
+    ):
+        code, line = _error(capsys, ["sql", "--lake", lake, query])
+        assert code == 2 and "does not run" in line and "-o FILE" in line, line
+    assert target.read_bytes() == before and not (tmp_path / "x.csv").exists() and not (tmp_path / "db").exists()
+    assert main(["sql", "--lake", lake, "CREATE TABLE t AS SELECT 41 + 1 AS a; SELECT a FROM t"]) == 0
+    assert "42" in capsys.readouterr().out
+    assert Lake(scored_lake).check() == []
+
+
+def test_version_is_printed():
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    from neuronxa_ray import __version__
+
+    assert e.value.code == 0 and __version__
+
+
+def test_lake_compact_refuses_a_model_or_checkpoint_the_lake_does_not_hold(scored_lake, capsys):
+    lake = str(scored_lake)
+    code, line = _error(capsys, ["lake", "compact", "--lake", lake, "--model", "nosuchmodel"])
+    assert code == 2 and "no model 'nosuchmodel'" in line and "['m']" in line
+    code, line = _error(capsys, ["lake", "compact", "--lake", lake, "--model", "m", "--checkpoint", "mian"])
+    assert code == 2 and "no checkpoint 'mian'; did you mean 'main'?" in line
+
+
+def test_import_takes_known_columns_in_any_case_and_names_the_others(tmp_path, capsys, caplog):
+    """A "Model" column was dropped without a word, so its rows counted for every model."""
+    lake = tmp_path / "lake"
+    csv = _csv(tmp_path / "b.csv", [("xnli", "fr", 0.61, "org/a", "x")], header="benchmark, Lang ,value,Model,notes")
+    assert main(["import-benchmarks", str(csv), "--lake", str(lake)]) == 0
+    rows = _benchmark_rows(lake)
+    assert [(r["lang"], r["model"], r["value"]) for r in rows] == [("fr", "org/a", 0.61)]
+    assert "column(s) ['notes'] not stored" in caplog.text
+
+
+def test_an_empty_job_file_and_a_run_stopped_by_a_mistake_leave_no_empty_lake(tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text("")
+    code, line = _error(capsys, ["run", str(job)])
+    assert code == 2 and "the job file is empty" in line
+    lake = tmp_path / "new" / "lake"
+    job.write_text(yaml.safe_dump({"model": "m", "data": str(tmp_path / "nodata"), "lake": str(lake)}))
+    code, line = _error(capsys, ["run", str(job)])
+    assert code == 2 and "does not exist" in line
+    assert not (tmp_path / "new").exists()  # the write probe's directories are removed again
 
 
 # ------------------------------------------------------------------------------------------------ 8. presentation

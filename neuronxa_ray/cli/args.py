@@ -9,7 +9,10 @@ from pathlib import Path
 
 
 def lake_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lake", default=None, help="lake directory or URI (s3://, gs://, az://; default ./lake)")
+    # an empty value (an unset $LAKE) is refused, not taken for ./lake: `lake check --repair` would act on another lake
+    p.add_argument(
+        "--lake", type=name_arg, default=None, help="lake directory or URI (s3://, gs://, az://; default ./lake)"
+    )
 
 
 def codes(text: str) -> list[str]:
@@ -35,6 +38,22 @@ def seconds(minimum: float, strict: bool):
     return parse
 
 
+def whole(minimum: int):
+    """An argparse type: a whole number >= minimum (checked here, so that the error names the option, not the job
+    file whose value it replaces)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
 def name_arg(text: str) -> str:
     """A non-empty name (an empty --model would be stored as a model no score has)."""
     if not text.strip():
@@ -47,9 +66,9 @@ def job_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--languages", type=codes, action="extend", metavar="L1,L2", help="override the job's languages (fra,deu)"
     )
-    p.add_argument("--n-sentences", type=int, help="override the job's n_sentences")
-    p.add_argument("--num-actors", type=int, help="override the number of extractor actors")
-    p.add_argument("--batch-size", type=int, help="override the batch size (sentences)")
+    p.add_argument("--n-sentences", type=whole(2), help="override the job's n_sentences")
+    p.add_argument("--num-actors", type=whole(1), help="override the number of extractor actors")
+    p.add_argument("--batch-size", type=whole(1), help="override the batch size (sentences)")
     p.add_argument("--device", help="override the device (auto, cpu, cuda)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

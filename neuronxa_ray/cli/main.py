@@ -8,12 +8,14 @@ import signal
 import sys
 import threading
 
+from neuronxa_ray import __version__
 from neuronxa_ray.cli import lake, query, results, run
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="neuronxa-ray", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true", help="log each unit, and show tracebacks of errors")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     for family in (run, query, results, lake):
         family.add_parsers(sub)

@@ -135,6 +135,27 @@ def _explain_no_scores(con, model, checkpoint, pivot, out) -> None:
     print("no scores match these filters together", file=out)
 
 
+def refuse_file_writes(query: str) -> None:
+    """`sql` reads the lake: a statement that writes files (COPY ... TO, EXPORT DATABASE) could overwrite the lake's
+    own files (a COPY onto a language's Parquet file replaced its rows). Results are written with -o FILE. Tables and
+    views a query creates live in memory and end with it."""
+    import duckdb
+
+    from neuronxa_ray.errors import NeuronxaError
+
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as e:  # a syntax error: the same message as running it
+        raise NeuronxaError(str(e).strip()) from e
+    for statement in statements:
+        if statement.type in (duckdb.StatementType.COPY, duckdb.StatementType.EXPORT):
+            verb = statement.type.name
+            raise NeuronxaError(
+                f"`sql` does not run {verb} statements (they write files, possibly over the lake's own): write a "
+                "query's result with -o FILE [--format csv|json|parquet]"
+            )
+
+
 def cmd_sql(args) -> int:
     from neuronxa_ray.errors import NeuronxaError
     from neuronxa_ray.query import connect
@@ -152,6 +173,7 @@ def cmd_sql(args) -> int:
         query = args.query
     if args.output:
         check_output(args.output, "-o")
+    refuse_file_writes(query)
     lake = lake_dir(args)
     check_lake(lake)
     con = connect(lake)

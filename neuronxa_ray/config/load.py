@@ -203,6 +203,8 @@ def _interventions(source: str, raw: Any) -> list[Intervention]:
 
 def job_from_dict(raw: dict[str, Any], source: str = "<job>", overrides: dict[str, Any] | None = None) -> JobConfig:
     """Validate a job mapping (plus CLI overrides, which win) into a JobConfig."""
+    if raw is None:
+        raise NeuronxaError(f"{source}: the job file is empty (it needs a YAML mapping with at least model and data)")
     if not isinstance(raw, dict):
         raise NeuronxaError(f"{source}: a job file must be a YAML mapping, got {type(raw).__name__}")
     raw = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}

@@ -262,6 +262,29 @@ def _table_kind(src: Path) -> str:
     return {".parquet": "Parquet", ".tsv": "TSV"}.get(src.suffix, "CSV")
 
 
+KNOWN_COLUMNS = frozenset(f.name for f in SCHEMAS["benchmarks"]) - {"lang_canonical"}  # what an import may give
+
+
+def _csv_header(src: Path, delimiter: str) -> list[str]:
+    """The column names of a CSV/TSV file (a byte-order mark removed)."""
+    import csv
+
+    with open(src, encoding="utf-8-sig", newline="") as f:
+        return next(csv.reader(f, delimiter=delimiter), [])
+
+
+def _known_columns(table: pa.Table, src: Path) -> tuple[pa.Table, list[str]]:
+    """The table's columns renamed to the benchmarks table's where they differ only in case or spaces ("Model" is
+    model: dropped, its rows would count for every model), and the other columns (not stored)."""
+    known = KNOWN_COLUMNS
+    names = [n.strip().lower() if n.strip().lower() in known else n for n in table.column_names]
+    twice = sorted({n for n in names if n in known and names.count(n) > 1})
+    if twice:
+        same = [c for c in table.column_names if c.strip().lower() in twice]
+        raise NeuronxaError(f"{src}: columns {same} are the same column {twice[0]!r}: keep one")
+    return table.rename_columns(names), [n for n in names if n not in known]
+
+
 def _where(src: Path, index: int) -> str:
     """Where row `index` of a plain table is, for messages: a CSV/TSV line (after the header) or a Parquet row."""
     return f"row {index + 1}" if src.suffix == ".parquet" else f"line {index + 2}"
@@ -280,21 +303,28 @@ def read_table(path: str | Path) -> pa.Table:
             table = pq.read_table(src)
         else:
             delimiter = "\t" if src.suffix == ".tsv" else ","
-            text = {c: pa.string() for c in ("benchmark", "lang", "value", "model", "checkpoint", "task", "metric")}
+            # every column read as text ("NaN" and "NA" included: a value must be a finite number, a language
+            # code such as "nan" a code); only an empty field is missing
+            as_text = {name: pa.string() for name in _csv_header(src, delimiter)}
             table = pcsv.read_csv(
                 src,
                 parse_options=pcsv.ParseOptions(delimiter=delimiter),
-                convert_options=pcsv.ConvertOptions(column_types=text, strings_can_be_null=True),
+                convert_options=pcsv.ConvertOptions(
+                    column_types=as_text, strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=True
+                ),
             )
-    except (OSError, pa.ArrowException) as e:
+    except (OSError, UnicodeDecodeError, pa.ArrowException) as e:
         first = " ".join(str(e).split())[:200]
         raise NeuronxaError(f"{src}: not a readable {kind} table ({first})") from None
+    table, ignored = _known_columns(table, src)
     missing = {"benchmark", "lang", "value"} - set(table.column_names)
     if missing:
         raise NeuronxaError(
             f"{src}: missing column(s) {sorted(missing)} (a {kind} table needs benchmark, lang, value; it has "
             f"{table.column_names})"
         )
+    if ignored:
+        log.warning("%s: column(s) %s not stored (known: %s)", src, ignored, ", ".join(sorted(KNOWN_COLUMNS)))
     if table.num_rows == 0:
         raise NeuronxaError(f"{src}: no rows (a {kind} table of benchmark, lang, value)")
     schema = SCHEMAS["benchmarks"]
@@ -313,7 +343,8 @@ def read_table(path: str | Path) -> pa.Table:
             except (TypeError, ValueError):
                 number = None
         if number is None or not math.isfinite(number):
-            raise NeuronxaError(f"{src}: {_where(src, i)}: value {value!r} is not a number")
+            shown = "empty" if value is None else repr(value)
+            raise NeuronxaError(f"{src}: {_where(src, i)}: value {shown} is not a finite number")
         cols["benchmark"].append(str(raw["benchmark"][i]).strip())
         cols["lang"].append(str(raw["lang"][i]).strip())
         cols["value"].append(number)

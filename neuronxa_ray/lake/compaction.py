@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from neuronxa_ray.errors import NeuronxaError
 from neuronxa_ray.lake.catalog import Catalog, CatalogState
 from neuronxa_ray.lake.layout import lease_dir, partition
 from neuronxa_ray.lake.leases import lease_alive, read_lease
@@ -98,16 +99,12 @@ def compact(
     state = catalog.load()
     if keys is not None:
         keys = sorted(set(keys))
-    elif model is not None and checkpoint is not None:
-        keys = [(model, checkpoint)]
     else:  # the checkpoints the catalogue knows (else every marker's)
         records = state.markers.values() if state is not None else lake.markers().values()
+        held = {(r["model"], r["checkpoint"]) for r in records}
+        _check_names(lake, held, model, checkpoint)
         keys = sorted(
-            {
-                (r["model"], r["checkpoint"])
-                for r in records
-                if (model is None or r["model"] == model) and (checkpoint is None or r["checkpoint"] == checkpoint)
-            }
+            (m, c) for m, c in held if (model is None or m == model) and (checkpoint is None or c == checkpoint)
         )
     for key in keys:
         label = f"{key[0]} @ {key[1]}"
@@ -121,6 +118,21 @@ def compact(
     if state is not None and fold:
         catalog.fold(state)  # entries written since it was read stay in the log, unfolded
     return out
+
+
+def _check_names(lake: Lake, held: set[tuple[str, str]], model: str | None, checkpoint: str | None) -> None:
+    """A model or checkpoint asked for that the lake does not hold is a mistake (a typo would compact nothing and
+    say so only as "0 checkpoint(s) compacted"); the closest name is suggested."""
+    import difflib
+
+    for name, value, values in (
+        ("model", model, {m for m, _ in held}),
+        ("checkpoint", checkpoint, {c for m, c in held if model is None or m == model}),
+    ):
+        if value is not None and held and value not in values:
+            hint = difflib.get_close_matches(value, sorted(values), n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise NeuronxaError(f"lake {lake.uri}: no {name} {value!r}{extra} (it has {sorted(values)[:20]})")
 
 
 def compact_after_run(

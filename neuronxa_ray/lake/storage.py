@@ -17,6 +17,7 @@ Nothing is ever written to a local directory named after a URI.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
@@ -355,12 +356,16 @@ def _local_sizes(root: str, n: int) -> dict[str, int]:
 
 
 def _probe_local(p: Path, where: str) -> None:
-    """Create the directory and write and delete a probe file in it, or raise naming the cause."""
+    """Create the directory and write and delete a probe file in it, or raise naming the cause. Directories the
+    probe created are removed again: a run that then stops on a mistake (its data, its model) leaves no empty lake
+    behind; the first write creates them."""
+    created = []
     for parent in [p, *p.parents]:
         if parent.exists():
             if not parent.is_dir():
                 raise NeuronxaError(f"{where} is not writable: {str(parent)!r} is a file, not a directory")
             break
+        created.append(parent)
     try:
         p.mkdir(parents=True, exist_ok=True)
         probe = p / f".write-probe-{uuid.uuid4().hex}"
@@ -368,6 +373,10 @@ def _probe_local(p: Path, where: str) -> None:
         probe.unlink()
     except OSError as e:
         raise NeuronxaError(f"{where} is not writable: {e.strerror or e}") from None
+    finally:
+        for directory in created:  # deepest first; one another process wrote into meanwhile stays
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def _probe_object_store(fs: pafs.FileSystem, base: str, bucket: str, where: str) -> None:
