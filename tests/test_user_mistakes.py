@@ -363,6 +363,20 @@ def test_sql_refuses_statements_that_write_files_and_the_lake_is_unchanged(score
     assert Lake(scored_lake).check() == []
 
 
+def test_lake_repair_asks_for_a_rerun_only_when_a_language_was_removed(scored_lake, tmp_path, capsys):
+    import shutil
+
+    lake = tmp_path / "lake"
+    shutil.copytree(scored_lake, lake)
+    (lake / "matches" / ".part-0.parquet.abc.tmp").write_bytes(b"x")  # housekeeping: nothing to recompute
+    assert main(["lake", "check", "--lake", str(lake), "--repair"]) == 0
+    assert "repaired 1 problem(s)\n" in capsys.readouterr().err
+    marker = next((lake / "_done").rglob("lang=fra.json"))
+    marker.write_text("[1, 2, 3]")  # a broken marker: fra is removed, to be computed again
+    assert main(["lake", "check", "--lake", str(lake), "--repair"]) == 0
+    assert "problem(s); rerun the job to recompute" in capsys.readouterr().err
+
+
 def test_version_is_printed():
     with pytest.raises(SystemExit) as e:
         main(["--version"])

@@ -24,6 +24,9 @@ def add_parsers(sub) -> None:
     compact.add_argument("--checkpoint", help="only this checkpoint (default: all complete ones)")
 
 
+LOST_LANGUAGE = ("broken", "stale", "legacy")  # problems whose repair removes a language's marker
+
+
 def cmd_lake(args) -> int:
     """lake check [--repair]: exit 0 when the lake is clean, 1 when problems remain. lake compact."""
     from neuronxa_ray.lake import Lake
@@ -46,7 +49,9 @@ def cmd_lake(args) -> int:
         print(p)
     if args.repair and problems:
         remaining = lake.check(repair=True)
-        print(f"repaired {len(problems) - len(remaining)} problem(s); rerun the job to recompute", file=sys.stderr)
+        # a removed marker (broken, stale, legacy) is a language to compute again; the rest is housekeeping
+        rerun = "; rerun the job to recompute" if any(p.kind in LOST_LANGUAGE for p in problems) else ""
+        print(f"repaired {len(problems) - len(remaining)} problem(s){rerun}", file=sys.stderr)
         problems = remaining
         for p in problems:
             print(f"still: {p}")
