@@ -377,6 +377,15 @@ def test_lake_repair_asks_for_a_rerun_only_when_a_language_was_removed(scored_la
     assert "problem(s); rerun the job to recompute" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_is_taken_before_or_after_the_subcommand(tmp_path, capsys, where):
+    argv = ["lake", "check", "--lake", str(tmp_path / "none")]
+    code = main(["-v", *argv] if where == "before" else [*argv, "-v"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" in err and "does not exist" in err.splitlines()[-1]
+    assert main(argv) == 2 and "Traceback" not in capsys.readouterr().err  # without -v: one line
+
+
 def test_version_is_printed():
     with pytest.raises(SystemExit) as e:
         main(["--version"])

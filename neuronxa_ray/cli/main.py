@@ -19,7 +19,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     for family in (run, query, results, lake):
         family.add_parsers(sub)
+    _verbose_anywhere(ap)
     return ap
+
+
+def _verbose_anywhere(parser: argparse.ArgumentParser) -> None:
+    """-v after the subcommand too (`neuronxa-ray scores -v`), as users type it; the top-level default stands when
+    a subcommand's -v is not given."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as above")
+                _verbose_anywhere(child)
 
 
 def main(argv: list[str] | None = None) -> int:
