@@ -17,6 +17,7 @@ rebuilds it from them. The catalogue holds marker records as written; verificati
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import posixpath
@@ -72,6 +73,29 @@ SNAPSHOT_SCHEMA = pa.schema(
     ]
 )
 SNAPSHOT_ROW_GROUP = 4096  # rows are sorted by marker path: a reader wanting one checkpoint's records reads a group
+
+
+class UnreadableCatalog(ValueError):
+    """A catalogue file that is listed but does not read (empty, cut short, not a snapshot or an entry): which one
+    and why. Readers then read every marker; `lake check` names it, `--repair` rebuilds the catalogue and then
+    deletes it (drop_unreadable)."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(f"{path}: {why}")
+        self.path = path
+        self.why = why
+
+
+@contextlib.contextmanager
+def _reading(rel: str):
+    """Errors reading one catalogue file raised as UnreadableCatalog naming it; FileNotFoundError passes (a folder
+    removed the file since the listing: the reader lists again)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise UnreadableCatalog(rel, " ".join(str(e).split())[:200]) from e
 
 
 @dataclass
@@ -284,19 +308,34 @@ class Catalog:
         logs = sorted((p for p in entries if is_entry(p)), key=entry_name)
         if not snaps and not logs:
             return None
-        state = _read_snapshot(self.storage, snaps[-1]) if snaps else CatalogState()
+        state = CatalogState()
+        if snaps:
+            with _reading(snaps[-1]):
+                state = _read_snapshot(self.storage, snaps[-1])
         pending = [p for p in logs if entry_name(p) not in state.folded]
 
         def read(rel: str) -> dict:
-            entry = json.loads(self.storage.read_bytes(rel))
-            if not isinstance(entry, dict):
-                raise ValueError(f"catalogue entry {rel} is not an object")
-            return entry
+            with _reading(rel):
+                return _read_entry(self.storage, rel)
 
         with ThreadPoolExecutor(max_workers=min(workers, max(1, len(pending)))) as pool:
             for rel, entry in zip(pending, pool.map(read, pending)):
-                state.apply(entry_name(rel), entry)
+                with _reading(rel):
+                    state.apply(entry_name(rel), entry)
         return state
+
+    def drop_unreadable(self, rel: str) -> bool:
+        """Delete a catalogue file that did not read, once rebuild() wrote the snapshot that supersedes it (`lake
+        check --repair`): readers read the newest snapshot and the entries it has not folded, so none reads it again,
+        and one that listed it before could not read it either. One that reads now (a passing I/O error) stays, for
+        clean() to delete in its time. True when deleted."""
+        try:
+            _read_snapshot(self.storage, rel) if is_snapshot(rel) else _read_entry(self.storage, rel)
+            return False
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, pa.ArrowException):
+            return self.storage.delete(rel)
 
 
 def is_snapshot(path: str) -> bool:
@@ -309,6 +348,13 @@ def is_entry(path: str) -> bool:
 
 def entry_name(path: str) -> str:
     return posixpath.basename(path).removesuffix(".json")
+
+
+def _read_entry(storage: Storage, rel: str) -> dict:
+    entry = json.loads(storage.read_bytes(rel))
+    if not isinstance(entry, dict):
+        raise ValueError(f"catalogue entry {rel} is not an object")
+    return entry
 
 
 def _read_snapshot(storage: Storage, rel: str) -> CatalogState:

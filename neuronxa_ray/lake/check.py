@@ -22,18 +22,26 @@ def check(lake: MarkerSource, repair: bool = False) -> list[Problem]:
     if repair:
         for p in problems:
             for rel in p.delete:
-                lake.storage.delete(rel)
-                log.info("deleted %s", rel)
+                if lake.storage.delete(rel) or lake.storage.delete_directory(rel):
+                    log.info("deleted %s", rel)
         if problems or scanned.catalog is not None:
             kept = vacuum(lake.storage, scanned.catalog)
-            Catalog(lake.storage).rebuild(lake.marker_index, kept)
+            catalog = Catalog(lake.storage)
+            catalog.rebuild(lake.marker_index, kept)
+            if scanned.catalog_unreadable is not None:  # not before the rebuild: the newest snapshot would be an
+                catalog.drop_unreadable(scanned.catalog_unreadable.path)  # older one, its folded entries maybe gone
             scanned = scan(lake, checksums=True)
         problems = scanned.problems + catalog_problems(scanned)
     return problems
 
 
 def catalog_problems(scanned: Scan) -> list[Problem]:
-    """The catalogue against the markers (both as read by the scan): missing, or naming other records."""
+    """The catalogue against the markers (both as read by the scan): unreadable, missing, or naming other
+    records."""
+    unreadable = scanned.catalog_unreadable
+    if unreadable is not None:
+        detail = f"unreadable ({unreadable.why}): every query reads every marker; --repair rebuilds the catalogue"
+        return [Problem("catalogue", unreadable.path, detail + " and deletes it")]
     if scanned.catalog is None:
         if not scanned.parsed:
             return []

@@ -174,10 +174,10 @@ def verify(storage: Storage, record: dict, sizes: dict[str, int] | None = None, 
 
 
 def _file_problem(storage: Storage, f: dict, size: int | None, checksums: bool) -> str | None:
-    """What is wrong with one file a marker names (size as listed, None: missing), or None."""
+    """What is wrong with one file a marker names (size as listed, None: not listed as a file), or None."""
     path = f["path"]
     if size is None:
-        return f"{path} is missing"
+        return f"{path} is a directory, not a file" if storage.is_directory(path) else f"{path} is missing"
     if size != f["bytes"]:
         return f"{path} has {size} bytes, the marker recorded {f['bytes']}"
     try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neuronxa_ray.lake.catalog import Catalog, CatalogState, stale_temporary
+from neuronxa_ray.lake.catalog import Catalog, CatalogState, UnreadableCatalog, stale_temporary
 from neuronxa_ray.lake.layout import done_marker, is_parquet, is_temporary, reject_schema_1
 from neuronxa_ray.lake.leases import LEASE_TIMEOUT_S, lease_alive, read_lease
 from neuronxa_ray.lake.markers import MarkerSource
@@ -41,6 +41,7 @@ class Scan:
     free: dict[str, list[str]] = field(default_factory=dict)  # runs/benchmarks/attempts files whose footer reads
     parsed: dict[str, dict] = field(default_factory=dict)  # marker path -> record, for every valid marker
     catalog: CatalogState | None = None  # the catalogue as read during the scan
+    catalog_unreadable: UnreadableCatalog | None = None  # else the catalogue file that did not read, if one
 
 
 def summarise_left_out(left_out: list[tuple[str, str]], names: int = 8) -> str:
@@ -128,7 +129,7 @@ def scan(lake: MarkerSource, workers: int = 16, checksums: bool = False) -> Scan
     results, unreadable_free = _check_all(lake, entries, sizes, free, workers, checksums)
     ok = {rel: record for rel, record, wrong in results if not wrong}
     named_by_ok = {f["path"] for r in ok.values() for f in r["files"]}
-    problems, left_out = _broken(results, sizes, named_by_ok)
+    problems, left_out = _broken(lake.storage, results, sizes, named_by_ok)
     complete, stale, excluded, more = visible(ok, done_marker)
     problems += stale
     left_out += more
@@ -136,11 +137,11 @@ def scan(lake: MarkerSource, workers: int = 16, checksums: bool = False) -> Scan
         if why:
             problems.append(Problem("broken", rel, why, (rel,)))
     named = named_by_ok | {f["path"] for _, r, _ in results if r for f in r.get("files", [])}
-    state = catalog_state(lake, quiet=True)
+    state, catalog_unreadable = read_catalog(lake)
     problems += _leftovers(lake.storage, entries, named, set(state.superseded) if state else set(), problems)
     parsed = {rel: r for rel, r, _ in results if r is not None}
     free_ok = {t: [p for p in free if p.startswith(t + "/") and not unreadable_free[p]] for t in FREE_TABLES}
-    return Scan(complete, problems, excluded, left_out, free_ok, parsed, state)
+    return Scan(complete, problems, excluded, left_out, free_ok, parsed, state, catalog_unreadable)
 
 
 def _check_all(
@@ -163,15 +164,15 @@ def _check_all(
 
 
 def _broken(
-    results: list[Checked], sizes: dict[str, int], named_by_ok: set[str]
+    storage: Storage, results: list[Checked], sizes: dict[str, int], named_by_ok: set[str]
 ) -> tuple[list[Problem], list[tuple[str, str]]]:
     """A problem and a left-out line per marker that does not verify; repair deletes it with the files only it
-    names."""
+    names, and a directory lying where one of them belongs (else the rerun could not write the file there)."""
     problems, left_out = [], []
     for rel, record, wrong in results:
         if wrong:
             own = tuple(f["path"] for f in (record or {}).get("files", []) if f["path"] not in named_by_ok)
-            own = tuple(p for p in own if p in sizes)
+            own = tuple(p for p in own if p in sizes or storage.is_directory(p))
             kind = "legacy" if record is not None and "files" not in record else "broken"
             problems.append(Problem(kind, rel, "; ".join(wrong), (rel, *own)))
             left_out.append((LEFT_OUT_BROKEN, label_of(record, rel)))
@@ -210,14 +211,21 @@ def unreadable(storage: Storage, rel: str) -> str | None:
         return f"not readable Parquet ({' '.join(str(e).split())[:120]})"
 
 
-def catalog_state(lake: MarkerSource, quiet: bool = False) -> CatalogState | None:
-    """The catalogue as read now, or None (none yet, or unreadable: then every marker is read)."""
+def read_catalog(lake: MarkerSource) -> tuple[CatalogState | None, UnreadableCatalog | None]:
+    """(the catalogue as read now, None), or (None, the file that does not read); (None, None) when there is none
+    yet. Either None state: every marker is read."""
     try:
-        return Catalog(lake.storage).load()
-    except (OSError, ValueError, pa.ArrowException) as e:
-        if not quiet:
-            log.warning("lake %s: the catalogue is unreadable (%s); reading every marker", lake.uri, e)
-        return None
+        return Catalog(lake.storage).load(), None
+    except UnreadableCatalog as e:
+        return None, e
+
+
+def catalog_state(lake: MarkerSource) -> CatalogState | None:
+    """The catalogue as read now, or None (none yet, or unreadable, said in a warning: then every marker is read)."""
+    state, unreadable = read_catalog(lake)
+    if unreadable is not None:
+        log.warning("lake %s: the catalogue is unreadable (%s); reading every marker", lake.uri, unreadable)
+    return state
 
 
 def live_leases(storage: Storage, entries: list[Entry], problems: list[Problem]) -> list[str]:
@@ -245,14 +253,17 @@ def catalogued(
     listed: dict[str, int] | None = None,
     sizes: dict[str, int] | None = None,
 ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """(complete records, left-out lines) from the catalogue, each file checked against one listing's sizes.
-    listed: marker path -> bytes under _done/ (default: listed now), sizes: every table file -> bytes (same)."""
+    """(complete records, left-out lines) from the catalogue, each file checked against one listing's sizes; a
+    listed marker that does not read as one is left out as broken, as the scan leaves it out (in path order, so
+    the line is the scan's). listed: marker path -> bytes under _done/ (default: listed now), sizes: every table
+    file -> bytes (same)."""
     markers = _listed_markers(lake, state, listed)
     if sizes is None:
         sizes = {p: n for t in TABLES_WITH_MARKERS for p, n in lake.storage.sizes(t).items()}
     ok, left_out = {}, []
-    for rel, record in markers.items():
-        files = record.get("files")
+    for rel in sorted(markers):
+        record = markers[rel]
+        files = (record or {}).get("files")
         if isinstance(files, list) and all(sizes.get(f["path"]) == f["bytes"] for f in files):
             ok[rel] = record
         else:
@@ -266,11 +277,13 @@ def listed_markers(lake: MarkerSource) -> dict[str, int]:
     return {p: n for p, n in lake.storage.sizes("_done").items() if p.endswith(".json")}
 
 
-def _listed_markers(lake: MarkerSource, state: CatalogState, listed: dict[str, int] | None) -> dict[str, dict]:
+def _listed_markers(lake: MarkerSource, state: CatalogState, listed: dict[str, int] | None) -> dict[str, dict | None]:
     """The catalogue's records of the markers one listing of _done/ shows: a marker the catalogue lacks or
-    holds at another size (a writer died between the two, a marker rewritten) is read; one deleted is gone."""
+    holds at another size (a writer died between the two, a marker rewritten) is read, None when it does not
+    read as a valid marker (empty, cut short, not a marker); one deleted is gone."""
     listed = listed_markers(lake) if listed is None else listed
-    out, unread = {}, []
+    out: dict[str, dict | None] = {}
+    unread = []
     for path, size in listed.items():
         record = state.markers.get(path)
         if record is not None and state.sizes.get(path, -1) == size:
@@ -278,5 +291,6 @@ def _listed_markers(lake: MarkerSource, state: CatalogState, listed: dict[str, i
         else:
             unread.append(Entry(path, size))
     if unread:
-        out.update(lake.marker_index(listed=unread)[0])
+        found = lake.marker_index(listed=unread)[0]
+        out.update({e.path: found.get(e.path) for e in unread})
     return out

@@ -214,6 +214,11 @@ class Storage:
             return None
         return Entry(rel, fi.size, fi.mtime.timestamp() if fi.mtime else None)
 
+    def is_directory(self, rel: str) -> bool:
+        """Whether a directory lies at rel: locally, or on an object store keys under rel/ and no object rel (stores
+        backed by a filesystem, such as SeaweedFS or MinIO, may then refuse to write the object rel)."""
+        return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.Directory
+
     def exists(self) -> bool:
         """Whether the root exists (a directory locally; anything under the prefix on an object store)."""
         try:
@@ -279,12 +284,21 @@ class Storage:
         self.write_with(rel, lambda out: out.write(data))
 
     def delete(self, rel: str) -> bool:
-        """Delete one file; False when it was not there."""
+        """Delete one file; False when there is none (nothing, or a directory: delete_directory deletes that; an
+        object store's delete of a key prefix finds no object either)."""
         try:
             self.fs.delete_file(self.path(rel))
             return True
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             return False
+
+    def delete_directory(self, rel: str) -> bool:
+        """Delete the directory at rel with what it holds (on an object store: every key under rel/), where the lake
+        writes a file (a rerun could not write it there); False when there is none."""
+        if not self.is_directory(rel):
+            return False
+        self.fs.delete_dir(self.path(rel))
+        return True
 
     def prune_empty_dirs(self, rel: str, keep: int = 3) -> None:
         """Remove the empty local directories above a deleted file, up to its first `keep` path components (the

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neuronxa_ray.lake import layout
-from neuronxa_ray.lake.catalog import Catalog, CatalogState
+from neuronxa_ray.lake.catalog import Catalog, CatalogState, UnreadableCatalog
 from neuronxa_ray.lake.check import check as check_lake
 from neuronxa_ray.lake.encoders import states_arrays
 from neuronxa_ray.lake.leases import LEASE_TIMEOUT_S, Lease, acquire, tidy
@@ -138,7 +138,12 @@ class Lake:
         state: the catalogue as just read (else it is read)."""
         prefix = self._partition("_done", model, checkpoint) + "/"
         catalog = Catalog(self.storage)
-        state = state or catalog.load() or CatalogState()
+        try:
+            state = state or catalog.load() or CatalogState()
+        except UnreadableCatalog as e:  # readers read every marker meanwhile; a run goes on
+            log.warning("lake %s: the catalogue is unreadable (%s); `neuronxa-ray lake check --repair` rebuilds it",
+                        self.uri, e)  # fmt: skip
+            return 0
         found, sizes = self.marker_index(prefix)
         current = {rel: r for rel, r in state.markers.items() if rel.startswith(prefix)}
         changes: dict[str, dict | None] = {rel: r for rel, r in found.items() if current.get(rel) != r}
