@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)  # the tests check that the product turns them off and back on
 # The pytest-xdist workers, each with its own Ray whose actor runs torch on 2 threads, share 2 cores: OpenMP's
 # default spin-waiting then burns the time the other process needs. Measured on this suite's 2-core machine, one
 # Gemma 3 270M forward pass over 50 sentences, two at once: 33 s wall and 33 CPU s each spinning, 14 s each passive

@@ -73,6 +73,26 @@ def test_a_directory_where_a_data_file_belongs_is_named_and_repair_clears_it(tmp
     assert lake.completion("m", "c", "eng", "tur") is not None and lake.check() == []
 
 
+def test_repair_never_deletes_a_directory_a_marker_names_outside_a_data_files_place(tmp_path):
+    """A marker is not trusted to name what repair deletes: a path outside the lake, a whole partition holding
+    other languages' files, or a table directory stay; only the marker (and files only it names) go."""
+    import json
+
+    root = tmp_path / "lake"
+    lake = _lake(root, ("eng", "fra", "deu", "ita"))
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "keep.txt").write_text("not the lake's")
+    marker = root / lake.done_marker("m", "c", "eng", "ita")
+    record = json.loads(marker.read_text())
+    extra = ["../outside", "matches/model=m/checkpoint=c", "matches", "matches/model=m/checkpoint=c/x/../y.parquet"]
+    record["files"] += [{**record["files"][0], "path": path} for path in extra]
+    marker.write_text(json.dumps(record))
+    assert main(["lake", "check", "--lake", str(root), "--repair"]) == 0
+    assert (tmp_path / "outside" / "keep.txt").is_file()
+    assert {r[0] for r in connect(root).execute("SELECT DISTINCT lang FROM alignment").fetchall()} == {"fra", "deu"}
+    assert lake.check() == []
+
+
 def test_keys_under_a_data_objects_name_are_named_and_cleared_on_s3(s3_env):
     """On an object store a directory is keys under the object's name: S3 stores backed by a filesystem (SeaweedFS
     here, MinIO) may refuse the object then, so check names it and repair deletes those keys as locally."""
@@ -93,9 +113,10 @@ def test_keys_under_a_data_objects_name_are_named_and_cleared_on_s3(s3_env):
 def _damage(root, lake, what):
     """Make one catalogue file unreadable; returns its path."""
     catalog = Catalog(lake.storage)
-    if what == "entry":
+    if what.startswith("entry"):  # not JSON of an object; JSON of an entry of the wrong shape (two kinds)
         rel = catalog.append()
-        (root / rel).write_text("[1, 2, 3]")
+        text = {"entry": "[1, 2, 3]", "entry-markers-list": '{"markers": [1]}'}
+        (root / rel).write_text(text.get(what, '{"markers": {"_done/x.json": 5}}'))
         return rel
     rel = catalog.fold()
     if what == "future-snapshot":  # named after the snapshot a repair writes (a writer's clock ahead)
@@ -105,7 +126,7 @@ def _damage(root, lake, what):
     return rel
 
 
-@pytest.mark.parametrize("what", ["snapshot", "future-snapshot", "entry"])
+@pytest.mark.parametrize("what", ["snapshot", "future-snapshot", "entry", "entry-markers-list", "entry-record-number"])
 def test_an_unreadable_catalogue_file_is_named_and_repair_replaces_it(tmp_path, what, caplog):
     lake = _lake(tmp_path, LANGS)
     older = Catalog(lake.storage).fold()  # a readable snapshot a concurrent reader may still read: it stays
@@ -117,7 +138,7 @@ def test_an_unreadable_catalogue_file_is_named_and_repair_replaces_it(tmp_path, 
     problems = lake.check()
     assert [(p.kind, p.path) for p in problems] == [("catalogue", rel)]
     assert "unreadable" in problems[0].detail
-    assert "0 bytes" in problems[0].detail if what != "entry" else "not an object" in problems[0].detail
+    assert "0 bytes" in problems[0].detail if "snapshot" in what else "not an object" in problems[0].detail
     assert main(["lake", "check", "--lake", str(tmp_path), "--repair"]) == 0
     assert not (tmp_path / rel).exists() and (tmp_path / older).exists()
     assert lake.check() == []
@@ -141,3 +162,16 @@ def test_a_run_goes_on_over_an_unreadable_catalogue(tmp_path, caplog):
     assert "ita" in {r[0] for r in connect(tmp_path).execute("SELECT lang FROM alignment").fetchall()}
     assert main(["lake", "check", "--lake", str(tmp_path), "--repair"]) == 0
     assert lake.check() == []
+
+
+def test_a_marker_deleted_after_the_listing_is_gone_not_broken(tmp_path):
+    """A marker that another process deleted between the listing and its reading (a repair, a --force run) is
+    gone, as the catalogue's path says; one that is there but does not read is broken (None)."""
+    from neuronxa_ray.lake.catalog import CatalogState
+    from neuronxa_ray.lake.scan import _listed_markers
+
+    lake = _lake(tmp_path, ("eng", "fra", "deu"))
+    fra, deu = lake.done_marker("m", "c", "eng", "fra"), lake.done_marker("m", "c", "eng", "deu")
+    (tmp_path / deu).write_bytes(b"")
+    listed = {fra: 10, deu: 0, lake.done_marker("m", "c", "eng", "ita"): 10}  # ita: deleted since the listing
+    assert _listed_markers(lake, CatalogState(), listed) == {fra: lake.completion("m", "c", "eng", "fra"), deu: None}

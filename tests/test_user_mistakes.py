@@ -350,15 +350,20 @@ def test_sql_refuses_statements_that_write_files_and_the_lake_is_unchanged(score
     target = next((scored_lake / "matches").rglob("part-0.parquet"))
     before = target.read_bytes()
     lake = str(scored_lake)
-    for query in (
-        f"COPY (SELECT 1 AS x) TO '{target}' (FORMAT parquet)",
-        f"SELECT 1; COPY (SELECT 1 AS x) TO '{tmp_path / 'x.csv'}'",
-        f"EXPORT DATABASE '{tmp_path / 'db'}'",
+    for query, what in (
+        (f"COPY (SELECT 1 AS x) TO '{target}' (FORMAT parquet)", "COPY statements"),
+        (f"SELECT 1; COPY (SELECT 1 AS x) TO '{tmp_path / 'x.csv'}'", "COPY statements"),
+        (f"PREPARE p AS COPY (SELECT 1 AS x) TO '{target}' (FORMAT parquet); EXECUTE p", "PREPARE statements"),
+        (f"EXPORT DATABASE '{tmp_path / 'db'}'", "EXPORT statements"),
+        (f"ATTACH '{tmp_path / 'a.duckdb'}'; CREATE TABLE a.t AS SELECT 1", "ATTACH statements"),
+        (f"SET profiling_output = '{target}'; PRAGMA enable_profiling = 'json'; SELECT 1", "SET profiling_output"),
+        ("CALL pragma_version()", "CALL statements"),
     ):
         code, line = _error(capsys, ["sql", "--lake", lake, query])
-        assert code == 2 and "does not run" in line and "-o FILE" in line, line
-    assert target.read_bytes() == before and not (tmp_path / "x.csv").exists() and not (tmp_path / "db").exists()
-    assert main(["sql", "--lake", lake, "CREATE TABLE t AS SELECT 41 + 1 AS a; SELECT a FROM t"]) == 0
+        assert code == 2 and f"not {what}" in line and "-o FILE" in line, line
+    assert target.read_bytes() == before and not list(tmp_path.iterdir())
+    query = "SET threads = 1; CREATE TABLE t AS SELECT 41 + 1 AS a; PIVOT t ON a USING count(*)"
+    assert main(["sql", "--lake", lake, query]) == 0
     assert "42" in capsys.readouterr().out
     assert Lake(scored_lake).check() == []
 
@@ -369,6 +374,10 @@ def test_lake_repair_asks_for_a_rerun_only_when_a_language_was_removed(scored_la
     lake = tmp_path / "lake"
     shutil.copytree(scored_lake, lake)
     (lake / "matches" / ".part-0.parquet.abc.tmp").write_bytes(b"x")  # housekeeping: nothing to recompute
+    assert main(["lake", "check", "--lake", str(lake), "--repair"]) == 0
+    assert "repaired 1 problem(s)\n" in capsys.readouterr().err
+    (lake / "benchmarks").mkdir(exist_ok=True)
+    (lake / "benchmarks" / "b.parquet").write_bytes(b"not parquet")  # a re-import brings it back, not a rerun
     assert main(["lake", "check", "--lake", str(lake), "--repair"]) == 0
     assert "repaired 1 problem(s)\n" in capsys.readouterr().err
     marker = next((lake / "_done").rglob("lang=fra.json"))
@@ -386,20 +395,57 @@ def test_verbose_is_taken_before_or_after_the_subcommand(tmp_path, capsys, where
     assert main(argv) == 2 and "Traceback" not in capsys.readouterr().err  # without -v: one line
 
 
-def test_version_is_printed():
-    with pytest.raises(SystemExit) as e:
-        main(["--version"])
+def test_version_is_printed(capsys):
     from neuronxa_ray import __version__
 
-    assert e.value.code == 0 and __version__
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"neuronxa-ray {__version__}\n"
 
 
-def test_lake_compact_refuses_a_model_or_checkpoint_the_lake_does_not_hold(scored_lake, capsys):
+def test_lake_compact_refuses_a_model_or_checkpoint_the_lake_does_not_hold(scored_lake, tmp_path, capsys):
     lake = str(scored_lake)
     code, line = _error(capsys, ["lake", "compact", "--lake", lake, "--model", "nosuchmodel"])
     assert code == 2 and "no model 'nosuchmodel'" in line and "['m']" in line
     code, line = _error(capsys, ["lake", "compact", "--lake", lake, "--model", "m", "--checkpoint", "mian"])
     assert code == 2 and "no checkpoint 'mian'; did you mean 'main'?" in line
+    code, line = _error(capsys, ["lake", "compact", "--lake", str(tmp_path), "--model", "m"])  # no languages yet
+    assert code == 2 and "no model 'm'" in line
+
+
+def test_lake_compact_finds_a_checkpoint_the_catalogue_does_not_list_yet(scored_lake, tmp_path, capsys):
+    """A run killed between its markers and its catalogue entry: named on the command line, the checkpoint is
+    found from its markers, compacted, and brought into the catalogue."""
+    import shutil
+
+    lake = tmp_path / "lake"
+    shutil.copytree(scored_lake, lake)
+    shutil.rmtree(lake / "_catalog", ignore_errors=True)
+    Lake(lake).check(repair=True)  # a catalogue without the next checkpoint's markers
+    for path in sorted((lake / "_done" / "model=m" / "checkpoint=main").rglob("*.json")):
+        twin = Path(str(path).replace("checkpoint=main", "checkpoint=late"))
+        twin.parent.mkdir(parents=True, exist_ok=True)
+        twin.write_text(path.read_text().replace("checkpoint=main", "checkpoint=late").replace('"main"', '"late"'))
+    for path in sorted((lake / "matches" / "model=m" / "checkpoint=main").rglob("*.parquet")):
+        twin = Path(str(path).replace("checkpoint=main", "checkpoint=late"))
+        twin.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, twin)
+    assert main(["lake", "compact", "--lake", str(lake), "--model", "m", "--checkpoint", "late"]) == 0
+    assert "compacted m @ late" in capsys.readouterr().out
+    assert main(["lake", "compact", "--lake", str(lake), "--checkpoint", "late"]) == 0  # now in the catalogue
+
+
+def test_lake_compact_over_an_unreadable_catalogue_is_one_line(scored_lake, tmp_path, capsys):
+    import shutil
+
+    from neuronxa_ray.lake.catalog import Catalog
+
+    lake = tmp_path / "lake"
+    shutil.copytree(scored_lake, lake)
+    snapshot = Catalog(Lake(lake).storage).fold()
+    (lake / snapshot).write_bytes(b"")
+    code, line = _error(capsys, ["lake", "compact", "--lake", str(lake)])
+    assert code == 2 and snapshot in line and "lake check --repair" in line
 
 
 def test_import_takes_known_columns_in_any_case_and_names_the_others(tmp_path, capsys, caplog):
@@ -410,6 +456,22 @@ def test_import_takes_known_columns_in_any_case_and_names_the_others(tmp_path, c
     rows = _benchmark_rows(lake)
     assert [(r["lang"], r["model"], r["value"]) for r in rows] == [("fr", "org/a", 0.61)]
     assert "column(s) ['notes'] not stored" in caplog.text
+
+
+def test_import_reads_missing_marks_gzip_and_leading_blank_lines_as_before(tmp_path):
+    """R writes a missing model as NA: "any model", as before every column was read as text; a .csv.gz is read
+    by its extension; a checkpoint 0001000 stays text after a leading blank line; a Latin-1 byte in a column that
+    is not stored does not refuse the file."""
+    import gzip
+
+    lake = tmp_path / "lake"
+    (tmp_path / "r.csv.gz").write_bytes(gzip.compress(b"benchmark,lang,value,model,checkpoint\nxnli,fr,0.5,NA,N/A\n"))
+    (tmp_path / "blank.csv").write_text("\nbenchmark,lang,value,checkpoint\nxnli,de,0.4,0001000\n")
+    (tmp_path / "latin.csv").write_bytes(b"benchmark,lang,value,notes\nxnli,sw,0.3,caf\xe9\n")
+    for name in ("r.csv.gz", "blank.csv", "latin.csv"):
+        assert main(["import-benchmarks", str(tmp_path / name), "--lake", str(lake)]) == 0
+    rows = sorted((r["lang"], r["model"], r["checkpoint"]) for r in _benchmark_rows(lake))
+    assert rows == [("de", None, "0001000"), ("fr", None, None), ("sw", None, None)]
 
 
 def test_an_empty_job_file_and_a_run_stopped_by_a_mistake_leave_no_empty_lake(tmp_path, capsys):

@@ -24,7 +24,7 @@ def add_parsers(sub) -> None:
     compact.add_argument("--checkpoint", help="only this checkpoint (default: all complete ones)")
 
 
-LOST_LANGUAGE = ("broken", "stale", "legacy")  # problems whose repair removes a language's marker
+LOST_LANGUAGE = ("broken", "stale", "legacy")  # a marker's problems: its repair removes a language
 
 
 def cmd_lake(args) -> int:
@@ -50,7 +50,8 @@ def cmd_lake(args) -> int:
     if args.repair and problems:
         remaining = lake.check(repair=True)
         # a removed marker (broken, stale, legacy) is a language to compute again; the rest is housekeeping
-        rerun = "; rerun the job to recompute" if any(p.kind in LOST_LANGUAGE for p in problems) else ""
+        lost = any(p.kind in LOST_LANGUAGE and p.path.startswith("_done/") for p in problems)
+        rerun = "; rerun the job to recompute" if lost else ""
         print(f"repaired {len(problems) - len(remaining)} problem(s){rerun}", file=sys.stderr)
         problems = remaining
         for p in problems:

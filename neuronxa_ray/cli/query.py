@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 from pathlib import Path
 
@@ -135,10 +136,23 @@ def _explain_no_scores(con, model, checkpoint, pivot, out) -> None:
     print("no scores match these filters together", file=out)
 
 
+# What `sql` runs: queries, and statements on objects in the connection's memory. The rest can write files (COPY ...
+# TO over a lake file replaced its rows; also EXPORT, ATTACH then CREATE, PREPARE/EXECUTE of a COPY, CALL, PRAGMA,
+# INSTALL), so it is not run.
+SQL_RUNS = (
+    "SELECT", "EXPLAIN", "CREATE", "DROP", "INSERT", "UPDATE", "DELETE", "ALTER", "TRANSACTION", "ANALYZE", "SET",
+    "VARIABLE_SET", "MULTI",  # MULTI: a PIVOT
+)  # fmt: skip
+# settings that make DuckDB write files where they name
+SQL_SETTINGS_WRITING = {
+    "profile_output", "profiling_output", "log_query_path", "temp_directory", "secret_directory", "home_directory",
+    "extension_directory",
+}  # fmt: skip
+
+
 def refuse_file_writes(query: str) -> None:
-    """`sql` reads the lake: a statement that writes files (COPY ... TO, EXPORT DATABASE) could overwrite the lake's
-    own files (a COPY onto a language's Parquet file replaced its rows). Results are written with -o FILE. Tables and
-    views a query creates live in memory and end with it."""
+    """`sql` reads the lake: a statement that could write files (possibly over the lake's own) is refused before
+    any runs. Results are written with -o FILE. Tables and views a query creates live in memory and end with it."""
     import duckdb
 
     from neuronxa_ray.errors import NeuronxaError
@@ -148,11 +162,13 @@ def refuse_file_writes(query: str) -> None:
     except duckdb.Error as e:  # a syntax error: the same message as running it
         raise NeuronxaError(str(e).strip()) from e
     for statement in statements:
-        if statement.type in (duckdb.StatementType.COPY, duckdb.StatementType.EXPORT):
-            verb = statement.type.name
+        kind = statement.type.name
+        setting = re.match(r"\s*(?:SET|RESET)\s+(?:(?:GLOBAL|SESSION|LOCAL)\s+)?(\w+)", statement.query, re.I)
+        if kind not in SQL_RUNS or (kind == "SET" and setting and setting.group(1).lower() in SQL_SETTINGS_WRITING):
+            what = f"SET {setting.group(1)}" if kind == "SET" and setting else f"{kind} statements"
             raise NeuronxaError(
-                f"`sql` does not run {verb} statements (they write files, possibly over the lake's own): write a "
-                "query's result with -o FILE [--format csv|json|parquet]"
+                f"`sql` runs queries (SELECT, and CREATE/INSERT/... on tables in memory), not {what}: they can write "
+                "files, the lake's own included. Write a query's result with -o FILE [--format csv|json|parquet]"
             )
 
 

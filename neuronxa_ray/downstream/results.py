@@ -262,15 +262,8 @@ def _table_kind(src: Path) -> str:
     return {".parquet": "Parquet", ".tsv": "TSV"}.get(src.suffix, "CSV")
 
 
+MISSING_MARKS = {"", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None"}  # an optional column's "none given"
 KNOWN_COLUMNS = frozenset(f.name for f in SCHEMAS["benchmarks"]) - {"lang_canonical"}  # what an import may give
-
-
-def _csv_header(src: Path, delimiter: str) -> list[str]:
-    """The column names of a CSV/TSV file (a byte-order mark removed)."""
-    import csv
-
-    with open(src, encoding="utf-8-sig", newline="") as f:
-        return next(csv.reader(f, delimiter=delimiter), [])
 
 
 def _known_columns(table: pa.Table, src: Path) -> tuple[pa.Table, list[str]]:
@@ -303,12 +296,15 @@ def read_table(path: str | Path) -> pa.Table:
             table = pq.read_table(src)
         else:
             delimiter = "\t" if src.suffix == ".tsv" else ","
-            # every column read as text ("NaN" and "NA" included: a value must be a finite number, a language
-            # code such as "nan" a code); only an empty field is missing
-            as_text = {name: pa.string() for name in _csv_header(src, delimiter)}
+            parse = pcsv.ParseOptions(delimiter=delimiter)
+            # the known columns (in any case) read as text: a value must be a finite number ("NaN" is not), a
+            # language code a code ("nan", "NA"); the optional columns' usual missing-value marks are missing
+            with pcsv.open_csv(src, parse_options=parse) as reader:  # the header as Arrow reads it (.gz included)
+                names = reader.schema.names
+            as_text = {name: pa.string() for name in names if name.strip().lower() in KNOWN_COLUMNS}
             table = pcsv.read_csv(
                 src,
-                parse_options=pcsv.ParseOptions(delimiter=delimiter),
+                parse_options=parse,
                 convert_options=pcsv.ConvertOptions(
                     column_types=as_text, strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=True
                 ),
@@ -350,7 +346,8 @@ def read_table(path: str | Path) -> pa.Table:
         cols["value"].append(number)
         for column in ("model", "checkpoint", "task", "metric"):
             v = raw[column][i] if raw[column] is not None else None
-            cols[column].append(str(v).strip() or None if v is not None else None)
+            v = str(v).strip() if v is not None else ""
+            cols[column].append(None if v in MISSING_MARKS else v)
     cols["lang_canonical"] = [canonical_lang(x) for x in cols["lang"]]
     return pa.table(cols, schema=schema)
 

@@ -25,6 +25,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -94,7 +95,7 @@ def _reading(rel: str):
         yield
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, pa.ArrowException) as e:
+    except (OSError, ValueError, TypeError, pa.ArrowException) as e:  # TypeError: a value of the wrong type
         raise UnreadableCatalog(rel, " ".join(str(e).split())[:200]) from e
 
 
@@ -110,12 +111,11 @@ class CatalogState:
     free: dict[str, int] = field(default_factory=dict)  # runs/benchmarks/attempts files whose footer read: bytes
 
     def apply(self, name: str, entry: dict) -> None:
+        check_entry(name, entry)
         for rel, record in (entry.get("markers") or {}).items():
             if record is None:
                 self.markers.pop(rel, None)
                 self.sizes.pop(rel, None)
-            elif not isinstance(record, dict):
-                raise ValueError(f"catalogue entry {name}: the record of {rel} is not an object")
             elif rel not in self.markers or _version(record) >= _version(self.markers[rel]):
                 self.markers[rel] = record  # an entry written late with an older record does not win
                 size = (entry.get("sizes") or {}).get(rel)
@@ -316,7 +316,7 @@ class Catalog:
 
         def read(rel: str) -> dict:
             with _reading(rel):
-                return _read_entry(self.storage, rel)
+                return read_entry(self.storage, rel)
 
         with ThreadPoolExecutor(max_workers=min(workers, max(1, len(pending)))) as pool:
             for rel, entry in zip(pending, pool.map(read, pending)):
@@ -330,11 +330,14 @@ class Catalog:
         and one that listed it before could not read it either. One that reads now (a passing I/O error) stays, for
         clean() to delete in its time. True when deleted."""
         try:
-            _read_snapshot(self.storage, rel) if is_snapshot(rel) else _read_entry(self.storage, rel)
+            if is_snapshot(rel):
+                _read_snapshot(self.storage, rel)
+            else:
+                read_entry(self.storage, rel)
             return False
         except FileNotFoundError:
             return False
-        except (OSError, ValueError, pa.ArrowException):
+        except (OSError, ValueError, TypeError, pa.ArrowException):
             return self.storage.delete(rel)
 
 
@@ -350,11 +353,24 @@ def entry_name(path: str) -> str:
     return posixpath.basename(path).removesuffix(".json")
 
 
-def _read_entry(storage: Storage, rel: str) -> dict:
+def read_entry(storage: Storage, rel: str) -> dict:
+    """One log entry, its shape checked (ValueError otherwise)."""
     entry = json.loads(storage.read_bytes(rel))
-    if not isinstance(entry, dict):
-        raise ValueError(f"catalogue entry {rel} is not an object")
+    check_entry(rel, entry)
     return entry
+
+
+def check_entry(name: str, entry: Any) -> None:
+    """ValueError unless entry has a log entry's shape: an object whose markers map paths to records (objects) or
+    None, whose sizes and superseded are objects and vacuumed a list."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"catalogue entry {name} is not an object")
+    for key, kind in (("markers", dict), ("sizes", dict), ("superseded", dict), ("vacuumed", list)):
+        if not isinstance(entry.get(key) or kind(), kind):
+            raise ValueError(f"catalogue entry {name}: {key!r} is not a{'n object' if kind is dict else ' list'}")
+    for rel, record in (entry.get("markers") or {}).items():
+        if record is not None and not isinstance(record, dict):
+            raise ValueError(f"catalogue entry {name}: the record of {rel} is not an object")
 
 
 def _read_snapshot(storage: Storage, rel: str) -> CatalogState:

@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from neuronxa_ray.errors import NeuronxaError
-from neuronxa_ray.lake.catalog import Catalog, CatalogState
+from neuronxa_ray.lake.catalog import Catalog, CatalogState, UnreadableCatalog
 from neuronxa_ray.lake.layout import lease_dir, partition
 from neuronxa_ray.lake.leases import lease_alive, read_lease
 from neuronxa_ray.lake.markers import WrittenFile
@@ -96,13 +96,26 @@ def compact(
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     catalog = Catalog(lake.storage)
     out = Compaction()
-    state = catalog.load()
+    try:
+        state = catalog.load()
+    except UnreadableCatalog as e:  # its superseded files and folded entries are unknown: nothing safe to switch
+        raise NeuronxaError(
+            f"lake {lake.uri}: the catalogue is unreadable ({e}); run `neuronxa-ray lake check --repair` first"
+        ) from e
     if keys is not None:
         keys = sorted(set(keys))
+    elif model is not None and checkpoint is not None and lake.storage.list(partition("_done", model, checkpoint)):
+        keys = [(model, checkpoint)]  # its markers are there (in the catalogue or not yet: reconciled on the way)
     else:  # the checkpoints the catalogue knows (else every marker's)
         records = state.markers.values() if state is not None else lake.markers().values()
         held = {(r["model"], r["checkpoint"]) for r in records}
-        _check_names(lake, held, model, checkpoint)
+        try:
+            _check_names(lake, held, model, checkpoint)
+        except NeuronxaError:
+            if state is None:
+                raise
+            held = {(r["model"], r["checkpoint"]) for r in lake.markers().values()}  # not yet in the catalogue?
+            _check_names(lake, held, model, checkpoint)
         keys = sorted(
             (m, c) for m, c in held if (model is None or m == model) and (checkpoint is None or c == checkpoint)
         )
@@ -129,7 +142,7 @@ def _check_names(lake: Lake, held: set[tuple[str, str]], model: str | None, chec
         ("model", model, {m for m, _ in held}),
         ("checkpoint", checkpoint, {c for m, c in held if model is None or m == model}),
     ):
-        if value is not None and held and value not in values:
+        if value is not None and value not in values:
             hint = difflib.get_close_matches(value, sorted(values), n=1)
             extra = f"; did you mean {hint[0]!r}?" if hint else ""
             raise NeuronxaError(f"lake {lake.uri}: no {name} {value!r}{extra} (it has {sorted(values)[:20]})")

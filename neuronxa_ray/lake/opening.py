@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from neuronxa_ray.lake.catalog import KEY, CatalogState, entry_name, is_entry, is_snapshot
+from neuronxa_ray.lake.catalog import KEY, CatalogState, entry_name, is_entry, is_snapshot, read_entry
 from neuronxa_ray.lake.catalog import ROOT as CATALOG_ROOT
 from neuronxa_ray.lake.layout import is_parquet
 from neuronxa_ray.lake.markers import MarkerSource
@@ -195,14 +195,9 @@ def _view_files(view: pa.Table, free: dict[str, list[str]]) -> ViewFiles:
 def _read_entries(storage, pending: list[str], workers: int) -> list[tuple[str, dict]]:
     """(entry name, entry) of each log entry, in name order."""
 
-    def read(rel: str) -> dict:
-        entry = json.loads(storage.read_bytes(rel))
-        if not isinstance(entry, dict):
-            raise ValueError(f"catalogue entry {rel} is not an object")
-        return entry
-
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(pending)))) as pool:
-        return [(entry_name(rel), e) for rel, e in zip(pending, pool.map(read, pending))]
+        entries = pool.map(lambda rel: read_entry(storage, rel), pending)  # ValueError: of the wrong shape
+        return [(entry_name(rel), e) for rel, e in zip(pending, entries)]
 
 
 def _records_of(storage, snapshot: str, table: pa.Table, parts: list[str], dirty: set[str]) -> CatalogState:

@@ -172,11 +172,25 @@ def _broken(
     for rel, record, wrong in results:
         if wrong:
             own = tuple(f["path"] for f in (record or {}).get("files", []) if f["path"] not in named_by_ok)
-            own = tuple(p for p in own if p in sizes or storage.is_directory(p))
+            own = tuple(p for p in own if p in sizes or _clearable_directory(storage, p, named_by_ok))
             kind = "legacy" if record is not None and "files" not in record else "broken"
             problems.append(Problem(kind, rel, "; ".join(wrong), (rel, *own)))
             left_out.append((LEFT_OUT_BROKEN, label_of(record, rel)))
     return problems, left_out
+
+
+def _clearable_directory(storage: Storage, path: str, named_by_ok: set[str]) -> bool:
+    """A directory lying where a marker's Parquet file belongs, that repair may delete with what it holds: only a
+    data file's own path in the lake's layout (a marker is not trusted to name one: "../x" or a whole partition
+    must never go), holding nothing a verified marker names."""
+    parts = path.split("/")
+    if posixpath.normpath(path) != path or path.startswith("/") or "" in parts or ".." in parts:
+        return False
+    if parts[0] not in TABLES_WITH_MARKERS or not is_parquet(path) or not any(p.startswith("lang=") for p in parts):
+        return False
+    if any(named.startswith(path + "/") for named in named_by_ok):
+        return False
+    return storage.is_directory(path)
 
 
 def _leftovers(
@@ -292,5 +306,7 @@ def _listed_markers(lake: MarkerSource, state: CatalogState, listed: dict[str, i
             unread.append(Entry(path, size))
     if unread:
         found = lake.marker_index(listed=unread)[0]
-        out.update({e.path: found.get(e.path) for e in unread})
+        for e in unread:  # one that did not read and is gone now was deleted since the listing: not broken
+            if e.path in found or lake.storage.info(e.path) is not None:
+                out[e.path] = found.get(e.path)
     return out

@@ -381,10 +381,16 @@ def _probe_local(p: Path, where: str) -> None:
             break
         created.append(parent)
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".write-probe-{uuid.uuid4().hex}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        for attempt in range(3):  # a second run probing the same new lake may remove the directory meanwhile
+            try:
+                p.mkdir(parents=True, exist_ok=True)
+                probe = p / f".write-probe-{uuid.uuid4().hex}"
+                probe.write_bytes(b"")
+                probe.unlink()
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
     except OSError as e:
         raise NeuronxaError(f"{where} is not writable: {e.strerror or e}") from None
     finally:
