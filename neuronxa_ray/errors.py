@@ -8,6 +8,17 @@ class NeuronxaError(Exception):
     """A mistake in the input or the environment that the user can fix: names the thing, the value, the remedy."""
 
 
+def no_such(what: str, value: str, known, where: str = "", place: str = "") -> NeuronxaError:
+    """The error for a name asked for that is not there (a typo would otherwise select nothing, silently):
+    "{where}no {what} 'x'{place}; did you mean 'y'? (it has [...])", the closest known name suggested."""
+    import difflib
+
+    values = sorted(known)
+    hint = difflib.get_close_matches(value, values, n=1)
+    extra = f"; did you mean {hint[0]!r}?" if hint else ""
+    return NeuronxaError(f"{where}no {what} {value!r}{place}{extra} (it has {values[:20]})")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where SIGINT raises KeyboardInterrupt: the same clean unwinding (actors stopped, leases
     released, the lake resumable); the CLI exits 143 rather than 130."""

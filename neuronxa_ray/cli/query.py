@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 import sys
 from pathlib import Path
@@ -125,14 +124,12 @@ def _explain_no_scores(con, model, checkpoint, pivot, out) -> None:
     if not have:
         print("no scores in the lake yet (run a job first)", file=out)
         return
-    from neuronxa_ray.errors import NeuronxaError
+    from neuronxa_ray.errors import no_such
 
     for name, value, index in (("model", model, 0), ("checkpoint", checkpoint, 1), ("pivot", pivot, 2)):
-        values = sorted({row[index] for row in have})
+        values = {row[index] for row in have}
         if value is not None and value not in values:
-            hint = difflib.get_close_matches(value, values, n=1)
-            extra = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise NeuronxaError(f"no {name} {value!r} in the lake{extra} (it has {values[:20]})")
+            raise no_such(name, value, values, place=" in the lake")
     print("no scores match these filters together", file=out)
 
 

@@ -269,13 +269,13 @@ KNOWN_COLUMNS = frozenset(f.name for f in SCHEMAS["benchmarks"]) - {"lang_canoni
 def _known_columns(table: pa.Table, src: Path) -> tuple[pa.Table, list[str]]:
     """The table's columns renamed to the benchmarks table's where they differ only in case or spaces ("Model" is
     model: dropped, its rows would count for every model), and the other columns (not stored)."""
-    known = KNOWN_COLUMNS
-    names = [n.strip().lower() if n.strip().lower() in known else n for n in table.column_names]
-    twice = sorted({n for n in names if n in known and names.count(n) > 1})
+    folded = [n.strip().lower() for n in table.column_names]
+    names = [f if f in KNOWN_COLUMNS else n for n, f in zip(table.column_names, folded)]
+    twice = sorted({n for n in names if n in KNOWN_COLUMNS and names.count(n) > 1})
     if twice:
-        same = [c for c in table.column_names if c.strip().lower() in twice]
+        same = [c for c, f in zip(table.column_names, folded) if f in twice]
         raise NeuronxaError(f"{src}: columns {same} are the same column {twice[0]!r}: keep one")
-    return table.rename_columns(names), [n for n in names if n not in known]
+    return table.rename_columns(names), [n for n in names if n not in KNOWN_COLUMNS]
 
 
 def _where(src: Path, index: int) -> str:

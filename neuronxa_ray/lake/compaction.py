@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from neuronxa_ray.errors import NeuronxaError
+from neuronxa_ray.errors import NeuronxaError, no_such
 from neuronxa_ray.lake.catalog import Catalog, CatalogState, UnreadableCatalog
 from neuronxa_ray.lake.layout import lease_dir, partition
 from neuronxa_ray.lake.leases import lease_alive, read_lease
@@ -136,16 +136,12 @@ def compact(
 def _check_names(lake: Lake, held: set[tuple[str, str]], model: str | None, checkpoint: str | None) -> None:
     """A model or checkpoint asked for that the lake does not hold is a mistake (a typo would compact nothing and
     say so only as "0 checkpoint(s) compacted"); the closest name is suggested."""
-    import difflib
-
     for name, value, values in (
         ("model", model, {m for m, _ in held}),
         ("checkpoint", checkpoint, {c for m, c in held if model is None or m == model}),
     ):
         if value is not None and value not in values:
-            hint = difflib.get_close_matches(value, sorted(values), n=1)
-            extra = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise NeuronxaError(f"lake {lake.uri}: no {name} {value!r}{extra} (it has {sorted(values)[:20]})")
+            raise no_such(name, value, values, where=f"lake {lake.uri}: ")
 
 
 def compact_after_run(
