@@ -43,7 +43,7 @@ def gguf_cache_path(directory: str, gguf_file: str) -> Path:
 
 
 def needs_conversion(spec: ModelSpec) -> bool:
-    """True when loading spec will first de-quantise a GGUF file (a minute or two, once)."""
+    """True when loading spec will first de-quantise a GGUF file (once: 34 s for Gemma 3 270M on 2 cores)."""
     source, gguf_file = resolve_source(spec)
     return bool(gguf_file) and not (gguf_cache_path(source, gguf_file) / "config.json").is_file()
 
