@@ -21,7 +21,8 @@ Steps, each leaving a lake whose views give the same answers:
     CRC-32) instead of its own file (a crash here: some markers name the compacted file, some their own, both
     verify; the catalogue still names the old files, which are all still there);
  3. one catalogue entry switches every language of the checkpoint at once and lists the old files as superseded
-    (readers see the old files or the new ones, never a mix);
+    (readers see the old files or the new ones, never a mix: a marker rewritten in step 2 is not read while the
+    catalogue's record of it still verifies, scan._relaid);
  4. superseded files are deleted once older than VACUUM_S (a query started before step 3 can still read them) by
     a later compaction or `lake check --repair`.
 A language recomputed after compaction gets its own file again; views then read the compacted file without it
