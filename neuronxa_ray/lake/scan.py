@@ -280,8 +280,7 @@ def catalogued(
         before = state.markers.get(rel)
         if record is not before and _relaid(before, record) and _verifies(before, sizes):
             record = before  # a compaction between its marker rewrites and its catalogue entry: the entry switches
-        files = (record or {}).get("files")
-        if isinstance(files, list) and all(sizes.get(f["path"]) == f["bytes"] for f in files):
+        if record is not None and _verifies(record, sizes):
             ok[rel] = record
         else:
             left_out.append((LEFT_OUT_BROKEN, label_of(record, rel)))
@@ -303,6 +302,7 @@ def _relaid(before: dict | None, after: dict | None) -> bool:
 
 
 def _verifies(record: dict, sizes: dict[str, int]) -> bool:
+    """Whether every file the record names is listed at its recorded size."""
     files = record.get("files")
     return isinstance(files, list) and all(
         isinstance(f, dict) and sizes.get(f.get("path")) == f.get("bytes") for f in files
